@@ -1,0 +1,3 @@
+"""DeepGossip: peer-to-peer collaborative deep learning over a gossip network."""
+
+__version__ = "0.1.0"
