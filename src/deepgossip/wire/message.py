@@ -30,9 +30,9 @@ from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
 __all__ = [
+    "REGISTRY",
     "MalformedMessage",
     "MessageRegistry",
-    "REGISTRY",
     "from_wire",
     "message",
     "record",
@@ -63,9 +63,7 @@ def _scalar(kind: type) -> tuple[Encoder, Decoder]:
 
 def _optional(inner: tuple[Encoder, Decoder]) -> tuple[Encoder, Decoder]:
     enc, dec = inner
-    return (lambda v: None if v is None else enc(v)), (
-        lambda v: None if v is None else dec(v)
-    )
+    return (lambda v: None if v is None else enc(v)), (lambda v: None if v is None else dec(v))
 
 
 def _sequence(inner: tuple[Encoder, Decoder]) -> tuple[Encoder, Decoder]:
@@ -151,9 +149,7 @@ class _RecordCodec:
         # defaults. Both stay compatible within one protocol version.
         if len(value) < self._required:
             raise MalformedMessage(f"{self.cls.__name__}: missing fields")
-        kwargs = {
-            name: dec(item) for (name, _, dec), item in zip(fields, value, strict=False)
-        }
+        kwargs = {name: dec(item) for (name, _, dec), item in zip(fields, value, strict=False)}
         try:
             return self.cls(**kwargs)
         except (TypeError, ValueError) as exc:
