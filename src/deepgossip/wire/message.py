@@ -12,6 +12,12 @@ Supported field types: ``int``, ``float``, ``str``, ``bytes``, ``bool``,
 dataclasses. Messages are encoded as a positional list (field order), which keeps
 datagrams small: a SWIM ping is a few dozen bytes.
 
+A message type may also declare how the envelope treats it (see
+:mod:`deepgossip.wire.envelope`): ``signed=True`` makes every frame of that type
+carry an Ed25519 signature, and receivers drop unsigned ones; ``key_field`` names
+a ``bytes`` field that carries the sender's own public key (join and alive
+announcements), so a receiver can verify a node it has never heard of.
+
 Example::
 
     @message("swim.ping")
@@ -29,10 +35,14 @@ import typing
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
+from deepgossip.wire.errors import MalformedMessage, UnknownType
+
 __all__ = [
     "REGISTRY",
     "MalformedMessage",
     "MessageRegistry",
+    "UnknownType",
+    "WireMessage",
     "from_wire",
     "message",
     "record",
@@ -43,10 +53,6 @@ T = TypeVar("T")
 
 Encoder = Callable[[Any], Any]
 Decoder = Callable[[Any], Any]
-
-
-class MalformedMessage(ValueError):
-    """A message body does not match its declared schema."""
 
 
 def _scalar(kind: type) -> tuple[Encoder, Decoder]:
@@ -93,6 +99,17 @@ def _mapping(inner: tuple[Encoder, Decoder]) -> tuple[Encoder, Decoder]:
     return (lambda v: {k: enc(item) for k, item in v.items()}), decode
 
 
+def _own_codec(cls: Any) -> _RecordCodec | None:
+    """The codec ``@record`` attached to ``cls`` itself, not one inherited.
+
+    A plain dataclass subclass of a record would otherwise inherit its parent's
+    codec and be encoded (and decoded) as the parent, silently dropping its own
+    fields.
+    """
+    codec = vars(cls).get("_wire_codec") if isinstance(cls, type) else None
+    return codec if isinstance(codec, _RecordCodec) else None
+
+
 def _codec_for(annotation: Any) -> tuple[Encoder, Decoder]:
     if annotation in (int, float, str, bytes, bool):
         return _scalar(annotation)
@@ -106,8 +123,8 @@ def _codec_for(annotation: Any) -> tuple[Encoder, Decoder]:
         return _sequence(_codec_for(args[0]))
     if origin is dict and args and args[0] is str:
         return _mapping(_codec_for(args[1]))
-    if dataclasses.is_dataclass(annotation) and hasattr(annotation, "_wire_codec"):
-        codec = annotation._wire_codec
+    codec = _own_codec(annotation)
+    if codec is not None:
         return codec.encode, codec.decode
     raise TypeError(f"unsupported message field type: {annotation!r}")
 
@@ -138,6 +155,9 @@ class _RecordCodec:
             self._fields = fields
         return self._fields
 
+    def field_names(self) -> list[str]:
+        return [name for name, _, _ in self._build()]
+
     def encode(self, obj: Any) -> list[Any]:
         return [enc(getattr(obj, name)) for name, enc, _ in self._build()]
 
@@ -149,7 +169,13 @@ class _RecordCodec:
         # defaults. Both stay compatible within one protocol version.
         if len(value) < self._required:
             raise MalformedMessage(f"{self.cls.__name__}: missing fields")
-        kwargs = {name: dec(item) for (name, _, dec), item in zip(fields, value, strict=False)}
+        kwargs = {}
+        for (name, _, dec), item in zip(fields, value, strict=False):
+            try:
+                kwargs[name] = dec(item)
+            except MalformedMessage as exc:
+                # Name the offending field: "Ping.piggyback: expected a list".
+                raise MalformedMessage(f"{self.cls.__name__}.{name}: {exc}") from None
         try:
             return self.cls(**kwargs)
         except (TypeError, ValueError) as exc:
@@ -180,7 +206,7 @@ class MessageRegistry:
         try:
             return self._by_name[name]
         except KeyError:
-            raise MalformedMessage(f"unknown message type {name!r}") from None
+            raise UnknownType(f"unknown message type {name!r}") from None
 
     def __contains__(self, name: object) -> bool:
         return name in self._by_name
@@ -189,13 +215,36 @@ class MessageRegistry:
 REGISTRY = MessageRegistry()
 
 
-def message(name: str, registry: MessageRegistry = REGISTRY) -> Callable[[type[T]], type[T]]:
-    """Register a dataclass as a protocol message with wire type ``name``."""
+def message(
+    name: str,
+    registry: MessageRegistry = REGISTRY,
+    *,
+    signed: bool = False,
+    key_field: str | None = None,
+) -> Callable[[type[T]], type[T]]:
+    """Register a dataclass as a protocol message with wire type ``name``.
+
+    ``signed``: frames of this type are always signed, and receivers drop them
+    unsigned. ``key_field``: name of a ``bytes`` field holding the sender's raw
+    Ed25519 public key, which lets a receiver verify the signature of a node it has
+    no key for yet (the envelope checks that the key hashes to the sender id).
+    """
 
     def wrap(cls: type[T]) -> type[T]:
+        if not isinstance(name, str) or not name:
+            raise ValueError("message type name must be a non-empty string")
+        if not dataclasses.is_dataclass(cls):
+            raise TypeError("@message needs a dataclass (apply @dataclass first)")
+        if key_field is not None:
+            if not signed:
+                raise ValueError(f"{name}: key_field only makes sense with signed=True")
+            if key_field not in {f.name for f in dataclasses.fields(cls)}:  # type: ignore[arg-type]
+                raise ValueError(f"{name}: key_field {key_field!r} is not a field")
+        registry.register(name, cls)
         record(cls)
         cls.TYPE = name  # type: ignore[attr-defined]
-        registry.register(name, cls)
+        cls.SIGNED = signed  # type: ignore[attr-defined]
+        cls.KEY_FIELD = key_field  # type: ignore[attr-defined]
         return cls
 
     return wrap
@@ -203,11 +252,19 @@ def message(name: str, registry: MessageRegistry = REGISTRY) -> Callable[[type[T
 
 def to_wire(msg: Any) -> tuple[str, list[Any]]:
     """Return ``(type name, positional body)`` for a registered message."""
-    return msg.TYPE, msg._wire_codec.encode(msg)
+    cls = type(msg)
+    codec = _own_codec(cls)
+    name = vars(cls).get("TYPE")
+    if codec is None or not isinstance(name, str):
+        raise TypeError(f"{cls.__name__} is not a registered @message")
+    return name, codec.encode(msg)
 
 
 def from_wire(name: Any, body: Any, registry: MessageRegistry = REGISTRY) -> Any:
-    """Rebuild a message; raises :class:`MalformedMessage` on any mismatch."""
+    """Rebuild a message; raises :class:`MalformedMessage` on any mismatch.
+
+    An unregistered type name raises :class:`UnknownType` (a ``MalformedMessage``).
+    """
     if type(name) is not str:
         raise MalformedMessage("message type must be a string")
     cls = registry.lookup(name)
@@ -218,3 +275,5 @@ class WireMessage(typing.Protocol):
     """What :func:`message` adds to a dataclass (for type checkers)."""
 
     TYPE: ClassVar[str]
+    SIGNED: ClassVar[bool]
+    KEY_FIELD: ClassVar[str | None]
