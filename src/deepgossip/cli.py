@@ -50,6 +50,68 @@ def bench_baseline(**options: object) -> None:
 
 
 @main.command()
+@click.option(
+    "--session",
+    "session_path",
+    type=click.Path(exists=True, dir_okay=False),
+    required=True,
+    help="Session file (TOML).",
+)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=7070, show_default=True)
+@click.option(
+    "--secret-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Join secret (else $DEEPGOSSIP_JOIN_SECRET).",
+)
+def tracker(session_path: str, host: str, port: int, secret_file: str | None) -> None:
+    """Run the bootstrap tracker: it only introduces peers."""
+    from deepgossip.session import Session, SessionError, read_secret
+    from deepgossip.tracker.server import serve
+
+    try:
+        session = Session.load(session_path)
+        secret = session.check_secret(read_secret(secret_file))
+    except SessionError as exc:
+        raise click.ClickException(str(exc)) from exc
+    serve(session, secret, host, port)
+
+
+@main.command("new-session")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--id", "session_id", required=True, help="Session id.")
+@click.option("--tracker", "trackers", multiple=True, help="Tracker URL (repeatable).")
+@click.option(
+    "--secret-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write a fresh join secret here (mode 0600); the session stores its hash.",
+)
+def new_session(
+    path: str, session_id: str, trackers: tuple[str, ...], secret_file: str | None
+) -> None:
+    """Write a new session file (and optionally a fresh join secret)."""
+    import os
+
+    from deepgossip.session import Session, SessionError
+    from deepgossip.wire.session import new_join_secret, secret_fingerprint
+
+    fingerprint = ""
+    if secret_file:
+        secret = new_join_secret()
+        fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secret + "\n")
+        fingerprint = secret_fingerprint(secret)
+    try:
+        Session(session_id, tuple(trackers), fingerprint).save(path)
+    except SessionError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"wrote {path}" + (f" and secret {secret_file}" if secret_file else ""))
+
+
+@main.command()
 @click.option("--out", type=click.Path(file_okay=False), default="out/demo", show_default=True)
 @click.option("--quick", is_flag=True, help="A smaller, faster run (for smoke tests).")
 def demo(out: str, quick: bool) -> None:

@@ -18,6 +18,7 @@ Endpoints (JSON unless noted):
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
@@ -170,3 +171,23 @@ async def start_tracker(
     sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
     bound = sockets[0].getsockname()[1] if sockets else port
     return runner, bound
+
+
+def serve(session: Session, secret: str | None, host: str, port: int) -> None:
+    """Run a tracker until SIGINT or SIGTERM (the ``deepgossip tracker`` command)."""
+    import signal
+
+    async def main() -> None:
+        tracker = Tracker(session, secret)
+        runner, bound = await start_tracker(tracker, host, port)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        print(f"tracker for session {session.session_id!r} on http://{host}:{bound}", flush=True)
+        try:
+            await stop.wait()
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(main())
