@@ -236,6 +236,7 @@ class FrameCodec:
         self._keys = keys
         self._registry = registry
         self.limits = limits
+        self._unpack_kwargs = limits.msgpack_unpack_kwargs()
         self._require_signatures = require_signatures
         self.epoch = new_epoch() if epoch is None else epoch
         if not 0 <= self.epoch < 1 << (8 * EPOCH_SIZE):
@@ -418,7 +419,7 @@ class FrameCodec:
 
     def _parse(self, payload: bytes | memoryview) -> Any:
         try:
-            envelope = msgpack.unpackb(payload, **self.limits.msgpack_unpack_kwargs())
+            envelope = msgpack.unpackb(payload, **self._unpack_kwargs)
         except (ValueError, TypeError, msgpack.UnpackException) as exc:
             # ValueError covers msgpack's ExtraData, FormatError, StackError, limit
             # violations and invalid UTF-8.

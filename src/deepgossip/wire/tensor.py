@@ -376,7 +376,14 @@ class _Entry:
     param: Any
 
 
+_F16_EXPONENT: Final = 0x7C00
+
+
 def _all_finite(arr: np.ndarray) -> bool:
+    if arr.dtype.itemsize == 2:
+        # numpy compares float16 in software (~30x slower than float32); a float16 is
+        # NaN or Inf iff its exponent bits are all ones, so test the bits instead.
+        return int(np.max(arr.view(np.uint16) & 0x7FFF)) < _F16_EXPONENT
     # max and min propagate NaN and expose +-Inf; two SIMD passes, no temporary.
     return bool(np.isfinite(np.max(arr)) and np.isfinite(np.min(arr)))
 
