@@ -476,3 +476,12 @@ def test_stats_counted() -> None:
     assert stats["dropped.malformed_frame"] == 1
     assert stats["dropped.bad_tag"] == 1
     assert a.stats.frames_out == 2 and a.stats.bytes_out == len(frame) + len(fresh)
+
+
+def test_decode_message_uses_the_transport_limit() -> None:
+    a, b = pair()
+    assert b.decode_message(a.encode(Ping(5))) == Ping(5)
+    big = a.encode(Blob(b"x" * 5000), reliable=True)
+    with pytest.raises(FrameTooLarge):
+        b.decode_message(big)  # datagram limit by default
+    assert b.decode_message(big, reliable=True) == Blob(b"x" * 5000)

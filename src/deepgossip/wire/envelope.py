@@ -345,6 +345,15 @@ class FrameCodec:
         self.stats.accepted += 1
         return decoded
 
+    def decode_message(self, frame: bytes | bytearray | memoryview, reliable: bool = False) -> Any:
+        """:meth:`decode` with the limit of the transport the frame came on; the message.
+
+        For hosts that route by address and need neither sender id nor seq (the
+        ``net.host.FrameCodecLike`` contract). Raises :class:`WireError` to drop.
+        """
+        limit = self.limits.max_stream_frame if reliable else self.limits.max_datagram
+        return self.decode(frame, max_size=limit).msg
+
     def _decode(self, frame: bytes | bytearray | memoryview, max_size: int) -> Decoded:
         view = memoryview(frame)
         size = view.nbytes
