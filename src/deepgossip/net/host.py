@@ -27,9 +27,11 @@ EventListener = Callable[[Any], None]
 class FrameCodecLike(Protocol):
     """What the host needs from the wire layer's frame codec."""
 
-    def encode(self, msg: Any) -> bytes: ...
+    def encode(self, msg: Any, *, reliable: bool = False) -> bytes:
+        """Frame ``msg``; raise ``ValueError`` (FrameTooLarge) if it cannot be sent."""
+        ...
 
-    def decode_message(self, frame: bytes) -> Any:
+    def decode_message(self, frame: bytes, reliable: bool = False) -> Any:
         """Return the message in ``frame``; raise ``ValueError`` (a WireError) if bad."""
         ...
 
@@ -103,7 +105,7 @@ class Host:
         self.stats.frames_in += 1
         self.stats.bytes_in += len(frame)
         try:
-            msg = self.codec.decode_message(frame)
+            msg = self.codec.decode_message(frame, reliable)
         except ValueError as exc:  # WireError and MalformedMessage are ValueErrors
             self._drop(type(exc).__name__, src, exc)
             return
@@ -130,7 +132,14 @@ class Host:
             return
         for effect in effects:
             if type(effect) is Send:
-                frame = self.codec.encode(effect.message)
+                try:
+                    frame = self.codec.encode(effect.message, reliable=effect.reliable)
+                except ValueError as exc:  # a core asked for an unsendable frame
+                    self.stats.dropped["unsendable"] += 1
+                    log.warning(
+                        "%s: cannot send %s: %s", self.address, type(effect.message).__name__, exc
+                    )
+                    continue
                 self.stats.frames_out += 1
                 self.stats.bytes_out += len(frame)
                 self.runtime.send(self.address, effect.to, frame, effect.reliable)

@@ -20,11 +20,11 @@ MAX_PLAIN_FRAME = 64 * 1024 * 1024
 class PlainCodec:
     """``[type, body]`` as msgpack; validates like the real codec."""
 
-    def encode(self, msg: Any) -> bytes:
+    def encode(self, msg: Any, *, reliable: bool = False) -> bytes:
         name, body = to_wire(msg)
         return msgpack.packb((name, body), use_bin_type=True)
 
-    def decode_message(self, frame: bytes) -> Any:
+    def decode_message(self, frame: bytes, reliable: bool = False) -> Any:
         if len(frame) > MAX_PLAIN_FRAME:
             raise MalformedMessage("frame too large")
         try:
