@@ -78,6 +78,82 @@ def tracker(session_path: str, host: str, port: int, secret_file: str | None) ->
     serve(session, secret, host, port)
 
 
+def _address(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise click.BadParameter(f"{value!r} is not HOST:PORT")
+    return host, int(port)
+
+
+@main.command()
+@click.option(
+    "--session",
+    "session_path",
+    type=click.Path(exists=True, dir_okay=False),
+    required=True,
+    help="Session file (TOML).",
+)
+@click.option(
+    "--tracker", "trackers", multiple=True, help="Tracker URL (repeatable; default: the session's)."
+)
+@click.option("--seed", "seeds", multiple=True, help="HOST:PORT of a known peer (repeatable).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Gossip (UDP+TCP) host.")
+@click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True)
+@click.option("--api-host", default="127.0.0.1", show_default=True)
+@click.option("--api-port", type=click.IntRange(0, 65535), default=0, show_default=True)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False),
+    required=True,
+    help="Identity key, state and data of this node.",
+)
+@click.option(
+    "--secret-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Join secret (else $DEEPGOSSIP_JOIN_SECRET).",
+)
+@click.option("--log-level", default="WARNING", show_default=True)
+def node(
+    session_path: str,
+    trackers: tuple[str, ...],
+    seeds: tuple[str, ...],
+    host: str,
+    port: int,
+    api_host: str,
+    api_port: int,
+    data_dir: str,
+    secret_file: str | None,
+    log_level: str,
+) -> None:
+    """Run a node: membership and gossip on PORT, its API on API_PORT."""
+    import asyncio
+    import logging
+    from pathlib import Path
+
+    from deepgossip.node_process import NodeOptions, run_node
+    from deepgossip.session import Session, SessionError, read_secret
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    try:
+        session = Session.load(session_path)
+        secret = session.check_secret(read_secret(secret_file))
+    except SessionError as exc:
+        raise click.ClickException(str(exc)) from exc
+    options = NodeOptions(
+        session=session,
+        secret=secret,
+        data_dir=Path(data_dir),
+        host=host,
+        port=port,
+        api_host=api_host,
+        api_port=api_port,
+        seeds=tuple(_address(s) for s in seeds),
+        trackers=trackers,
+    )
+    asyncio.run(run_node(options))
+
+
 @main.command("new-session")
 @click.argument("path", type=click.Path(dir_okay=False))
 @click.option("--id", "session_id", required=True, help="Session id.")

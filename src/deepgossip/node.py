@@ -1,0 +1,206 @@
+"""The Node: one participant's protocol stack, on any runtime.
+
+A node composes the layers below it for exactly one application:
+
+* its identity (Ed25519; node id = SHA-256(public key)[:16]) and the session's
+  frame codec (AES-GCM sealed with a key derived from the join secret);
+* a :class:`~deepgossip.net.host.Host` that runs the protocol cores;
+* SWIM membership (``swim``), and the tracker client (``tracker``) when the
+  session names trackers;
+* later layers (gossip, learning, defences) register more cores on the same
+  host.
+
+The class is runtime-agnostic: the simulator builds a thousand of them in one
+process, :mod:`deepgossip.node_process` runs one on real sockets with its HTTP
+API. Everything that is I/O (HTTP calls to the tracker, the API) lives outside,
+driven by the events the cores emit.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from deepgossip.membership.config import SwimConfig
+from deepgossip.membership.events import NeedPeers
+from deepgossip.membership.signing import SwimIdentity
+from deepgossip.membership.swim import Swim
+from deepgossip.net.host import Host
+from deepgossip.net.runtime import Address, Runtime
+from deepgossip.session import Session
+from deepgossip.tracker.client import PeersFound, TrackerClient
+from deepgossip.tracker.registration import Registration
+from deepgossip.wire.envelope import FrameCodec
+from deepgossip.wire.identity import Identity, verify
+from deepgossip.wire.session import SessionKey
+
+OPEN_SESSION_SECRET = "deepgossip/open-session/v1"
+"""Key material of sessions without a join secret. Public by design: an open
+session's frames are authenticated against corruption, not confidential."""
+
+
+def session_key(session: Session, secret: str | None) -> SessionKey:
+    """The session key: from the join secret, or the public one of open sessions."""
+    return SessionKey.derive(secret or OPEN_SESSION_SECRET, session.session_id)
+
+
+def swim_identity(identity: Identity) -> SwimIdentity:
+    def check(node_id: bytes, public_key: bytes, signature: bytes, data: bytes) -> bool:
+        return verify(public_key, signature, data)
+
+    return SwimIdentity(identity.node_id, identity.public_key_bytes, identity.sign, check)
+
+
+class _MemberKeys:
+    """Public keys of known members, for checking signed frames (a KeyLookup)."""
+
+    def __init__(self, swim: Callable[[], Swim]) -> None:
+        self._swim = swim
+
+    def get(self, node_id: bytes, /) -> bytes | None:
+        member = self._swim().member(node_id)
+        return member.public_key if member is not None else None
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """Protocol settings every node of a session shares (from the session file)."""
+
+    swim: SwimConfig = field(default_factory=SwimConfig)
+
+    @classmethod
+    def from_session(cls, session: Session) -> NodeSettings:
+        return cls(swim=SwimConfig(**session.section("swim")))
+
+
+class Node:
+    """Membership (and, as layers land, gossip and learning) for one application."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        address: Address,
+        identity: Identity,
+        session: Session,
+        secret: str | None = None,
+        *,
+        settings: NodeSettings | None = None,
+        rng: random.Random | None = None,
+        incarnation: int = 0,
+        api_address: Address | None = None,
+        wall_clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.identity = identity
+        self.session = session
+        self.settings = settings or NodeSettings.from_session(session)
+        self.address = address
+        self.api_address = api_address
+        self._secret = session.check_secret(secret)
+        self._rng = rng or random.Random()
+        self.codec = FrameCodec(
+            identity, session_key(session, self._secret), keys=_MemberKeys(lambda: self.swim)
+        )
+        self.host = Host(runtime, address, self.codec)
+        self.swim = Swim(
+            swim_identity(identity),
+            address,
+            self._rng,
+            self.settings.swim,
+            now=runtime.now(),
+            incarnation=incarnation,
+        )
+        self.host.add_core("swim", self.swim)
+        self.tracker: TrackerClient | None = None
+        if session.trackers:
+            import time
+
+            clock = wall_clock or time.time
+            self.tracker = TrackerClient(
+                list(session.trackers),
+                lambda: Registration.create(
+                    identity, session.session_id, address, api_address, clock(), self._secret
+                ),
+                session.session_id,
+                rng=random.Random(self._rng.getrandbits(64)),
+            )
+            self.host.add_core("tracker", _TrackerCore(self.tracker))
+        self.host.subscribe(self._on_event)
+
+    @property
+    def node_id(self) -> bytes:
+        return self.identity.node_id
+
+    def start(self, seeds: Sequence[Address] = ()) -> None:
+        self.host.start()
+        if seeds:
+            self.host.execute(self.swim.join(list(seeds), self.host.runtime.now()))
+
+    def leave(self) -> None:
+        """Tell peers we are leaving (``left``, not dead); keep serving briefly."""
+        self.host.execute(self.swim.leave(self.host.runtime.now()))
+
+    def stop(self) -> None:
+        self.host.stop()
+
+    def tracker_result(self, call: Any, ok: bool, body: Any) -> None:
+        """Feed back an HTTP call's outcome (made by the I/O layer)."""
+        if self.tracker is not None:
+            self.host.execute(self.tracker.on_result(call, ok, body, self.host.runtime.now()))
+
+    def _on_event(self, event: Any) -> None:
+        if isinstance(event, PeersFound):
+            seeds = [p.address for p in event.peers if p.address != self.address]
+            if seeds:
+                self.host.execute(self.swim.join(seeds, self.host.runtime.now()))
+        elif isinstance(event, NeedPeers) and self.tracker is not None:
+            self.tracker.want_peers(self.host.runtime.now())
+
+    # -- introspection (what the API serves) ------------------------------------
+
+    def members(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "id": m.node_id.hex(),
+                "address": list(m.address),
+                "state": m.state.name.lower(),
+                "incarnation": m.incarnation,
+            }
+            for m in self.swim.members()
+        ]
+
+    def status(self) -> dict[str, Any]:
+        host, wire = self.host.stats, self.codec.stats
+        return {
+            "id": self.node_id.hex(),
+            "session": self.session.session_id,
+            "address": list(self.address),
+            "incarnation": self.swim.incarnation,
+            "members": {"live": self.swim.live_count, "known": len(self.swim.members())},
+            "health": self.swim.awareness.score,
+            "traffic": {
+                "frames_in": host.frames_in,
+                "frames_out": host.frames_out,
+                "bytes_in": host.bytes_in,
+                "bytes_out": host.bytes_out,
+            },
+            "dropped": {**wire.dropped, **host.dropped},
+            "swim": dict(self.swim.stats),
+        }
+
+
+class _TrackerCore:
+    """Adapts the tracker client to the core interface (it receives no messages)."""
+
+    def __init__(self, client: TrackerClient) -> None:
+        self.client = client
+
+    def handle(self, src: Address, msg: Any, now: float) -> list[Any]:
+        return []
+
+    def tick(self, now: float) -> list[Any]:
+        return self.client.tick(now)
+
+    def next_deadline(self) -> float:
+        return self.client.next_deadline()

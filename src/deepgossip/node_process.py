@@ -1,0 +1,156 @@
+"""Run one node on real sockets: ``deepgossip node ...``.
+
+Wires a :class:`~deepgossip.node.Node` to an asyncio runtime (UDP + TCP on the
+gossip port), executes the tracker client's HTTP calls, serves the node API,
+persists identity and incarnation in the data directory, and stops cleanly on
+SIGINT / SIGTERM: it announces ``left``, keeps answering for a moment so the
+news spreads, then closes every socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from deepgossip.api.server import build_app
+from deepgossip.net.aio import AsyncioRuntime
+from deepgossip.net.runtime import Address
+from deepgossip.node import Node
+from deepgossip.session import Session
+from deepgossip.tracker.client import HttpCall
+from deepgossip.wire.identity import Identity
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "node-state.json"
+HTTP_TIMEOUT = 5.0
+"""Seconds for one tracker call; the client backs off and retries after."""
+
+
+@dataclass(frozen=True)
+class NodeOptions:
+    session: Session
+    secret: str | None
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 0
+    api_host: str = "127.0.0.1"
+    api_port: int = 0
+    seeds: tuple[Address, ...] = ()
+    trackers: tuple[str, ...] = ()
+
+
+def next_incarnation(data_dir: Path) -> int:
+    """Persisted incarnation + 1: a restarted node outranks anything it said before.
+
+    SWIM would also learn its old incarnation from peers and refute, but starting
+    above it avoids a round of suspicion right after a restart.
+    """
+    path = data_dir / STATE_FILE
+    try:
+        previous = int(json.loads(path.read_text()).get("incarnation", -1))
+    except (OSError, ValueError, AttributeError):
+        previous = -1
+    incarnation = previous + 1
+    write_state(data_dir, incarnation)
+    return incarnation
+
+
+def write_state(data_dir: Path, incarnation: int) -> None:
+    path = data_dir / STATE_FILE
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"incarnation": incarnation}))
+    os.replace(tmp, path)
+
+
+async def _execute_http(node: Node, http: aiohttp.ClientSession, call: HttpCall) -> None:
+    ok, body = False, None
+    try:
+        async with http.request(call.method, call.url, json=call.json) as response:
+            body = await response.json(content_type=None)
+            ok = response.status == 200
+    except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+        log.info("tracker call %s failed: %s", call.url, exc)
+    node.tracker_result(call, ok, body)
+
+
+async def run_node(options: NodeOptions, ready: asyncio.Event | None = None) -> None:
+    options.data_dir.mkdir(parents=True, exist_ok=True)
+    identity = Identity.load_or_create(options.data_dir)
+    incarnation = next_incarnation(options.data_dir)
+    session = options.session
+    if options.trackers:
+        session = Session(
+            session.session_id, options.trackers, session.secret_sha256, session.sections
+        )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    async with (
+        AsyncioRuntime() as runtime,
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT)) as http,
+    ):
+        address = await runtime.attach((options.host, options.port))
+        node = Node(
+            runtime,
+            address,
+            identity,
+            session,
+            options.secret,
+            rng=random.Random(),
+            incarnation=incarnation,
+            api_address=(options.api_host, options.api_port) if options.api_port else None,
+        )
+        tasks: set[asyncio.Task[None]] = set()
+
+        def on_event(event: Any) -> None:
+            if isinstance(event, HttpCall):
+                task = loop.create_task(_execute_http(node, http, event))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+
+        node.host.subscribe(on_event)
+        runtime.set_receiver(address, node.host.receive)
+        api_runner = web.AppRunner(build_app(node), access_log=None)
+        await api_runner.setup()
+        site = web.TCPSite(api_runner, options.api_host, options.api_port)
+        await site.start()
+        node.start(options.seeds)
+        api_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        print(
+            json.dumps(
+                {
+                    "event": "started",
+                    "id": node.node_id.hex(),
+                    "address": list(address),
+                    "api": [options.api_host, api_port],
+                    "incarnation": incarnation,
+                }
+            ),
+            flush=True,
+        )
+        if ready is not None:
+            ready.set()
+        try:
+            await stop.wait()
+        finally:
+            node.leave()
+            await asyncio.sleep(node.settings.swim.probe_interval)
+            node.stop()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await api_runner.cleanup()
+    print(json.dumps({"event": "stopped", "id": identity.node_id.hex()}), flush=True)
