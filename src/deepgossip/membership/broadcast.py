@@ -3,7 +3,8 @@
 Rules (memberlist's TransmitLimitedQueue, restated):
 
 * **Fewest-sent first.** Fresh news has reached the fewest members, so it gets
-  the space first; among equals the most recently queued goes first.
+  the space first; among claims sent equally often, the one that reached that
+  count last goes first (so a batch that was sent together rotates evenly).
 * **Transmit limit.** Each claim is sent at most ``limit`` times by this node
   (``lambda * ceil(log10(n + 1))``, computed by the caller from the current size),
   then dropped: by then the epidemic has reached everyone with high probability.

@@ -108,7 +108,11 @@ def decode_table(blob: bytes, max_members: int) -> Table | str:
     """The table in ``blob``, or why it is unusable (a counter name)."""
     try:
         columns = msgpack.unpackb(
-            blob, raw=False, use_list=True, strict_map_key=True, max_array_len=max_members
+            blob,
+            raw=False,
+            use_list=True,
+            strict_map_key=True,
+            max_array_len=max(max_members, _COLUMNS),
         )
     except (ValueError, msgpack.UnpackException):
         return "push_pull_undecodable"
