@@ -114,6 +114,7 @@ def _address(value: str) -> tuple[str, int]:
     help="Join secret (else $DEEPGOSSIP_JOIN_SECRET).",
 )
 @click.option("--log-level", default="WARNING", show_default=True)
+@click.option("--print-events", is_flag=True, help="Print membership events as JSON lines.")
 def node(
     session_path: str,
     trackers: tuple[str, ...],
@@ -125,6 +126,7 @@ def node(
     data_dir: str,
     secret_file: str | None,
     log_level: str,
+    print_events: bool,
 ) -> None:
     """Run a node: membership and gossip on PORT, its API on API_PORT."""
     import asyncio
@@ -150,6 +152,7 @@ def node(
         api_port=api_port,
         seeds=tuple(_address(s) for s in seeds),
         trackers=trackers,
+        print_events=print_events,
     )
     asyncio.run(run_node(options))
 

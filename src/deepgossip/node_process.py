@@ -15,6 +15,7 @@ import logging
 import os
 import random
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,13 @@ import aiohttp
 from aiohttp import web
 
 from deepgossip.api.server import build_app
+from deepgossip.membership.events import (
+    MemberAlive,
+    MemberDead,
+    MemberJoined,
+    MemberLeft,
+    MemberSuspected,
+)
 from deepgossip.net.aio import AsyncioRuntime
 from deepgossip.net.runtime import Address
 from deepgossip.node import Node
@@ -32,6 +40,7 @@ from deepgossip.wire.identity import Identity
 
 log = logging.getLogger(__name__)
 
+_MEMBER_EVENTS = (MemberJoined, MemberSuspected, MemberDead, MemberAlive, MemberLeft)
 STATE_FILE = "node-state.json"
 HTTP_TIMEOUT = 5.0
 """Seconds for one tracker call; the client backs off and retries after."""
@@ -48,6 +57,8 @@ class NodeOptions:
     api_port: int = 0
     seeds: tuple[Address, ...] = ()
     trackers: tuple[str, ...] = ()
+    print_events: bool = False
+    """Print membership events as JSON lines with wall-clock times (benchmarks)."""
 
 
 def next_incarnation(data_dir: Path) -> int:
@@ -116,6 +127,17 @@ async def run_node(options: NodeOptions, ready: asyncio.Event | None = None) -> 
         tasks: set[asyncio.Task[None]] = set()
 
         def on_event(event: Any) -> None:
+            if options.print_events and isinstance(event, _MEMBER_EVENTS):
+                print(
+                    json.dumps(
+                        {
+                            "event": type(event).__name__,
+                            "t": time.time(),
+                            "member": event.member.node_id.hex(),
+                        }
+                    ),
+                    flush=True,
+                )
             if isinstance(event, HttpCall):
                 task = loop.create_task(_execute_http(node, http, event))
                 tasks.add(task)
