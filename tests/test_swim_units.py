@@ -29,7 +29,7 @@ TABLE = {
     (A, D): (IGN, IGN, APP),
     (A, L): (IGN, IGN, APP),
     (S, A): (IGN, APP, APP),
-    (S, S): (IGN, CON, CON),
+    (S, S): (IGN, CON, APP),
     (S, D): (IGN, IGN, IGN),
     (S, L): (IGN, IGN, IGN),
     (D, A): (IGN, APP, APP),

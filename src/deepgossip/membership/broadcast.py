@@ -131,6 +131,10 @@ class BroadcastQueue:
             buckets[item.transmits][item.key] = item
         return [item.claim for item in taken]
 
+    def has(self, node: bytes) -> bool:
+        """True if any claim about ``node`` is queued."""
+        return node in self._by_node
+
     def pending(self, node: bytes) -> list[tuple[Claim, int]]:
         """Queued claims about ``node`` with their transmit counts (for tests)."""
         return [(item.claim, item.transmits) for item in self._by_node.get(node, {}).values()]

@@ -9,14 +9,16 @@ same set of claims ends in the same state whatever the order they arrived in:
 claim \\ state   alive(i)    suspect(i)    dead(i)       left(i)
 ==============  ==========  ============  ============  ============
 alive(j)        j > i       j > i         j > i         j > i
-suspect(j)      j >= i      confirm*      never         never
+suspect(j)      j >= i      j > i *       never         never
 dead(j)         j >= i      j >= i        j > i **      never
 left(j)         j >= i      j >= i        j >= i        j > i **
 ==============  ==========  ============  ============  ============
 
-\\* a suspect claim about a suspect member never changes its state: it counts as
-an independent confirmation (Lifeguard) if ``j >= i`` and the accuser is new,
-and raises the stored incarnation to ``j``.
+\\* at the same incarnation a suspect claim about a suspect member counts as an
+independent confirmation (Lifeguard) if the accuser is new. At a higher one it
+is a *new* suspicion (the member refuted the old one, which we missed): the
+timer restarts. memberlist counts it as a confirmation, which lets a refuted
+and re-suspected member be declared dead on the first suspicion's clock.
 \\** only the stored incarnation moves; the state (and its events) stay.
 
 Why: alive needs a *strictly* newer incarnation because only the member itself
@@ -52,7 +54,9 @@ def decide(kind: MemberState, j: int, state: MemberState, i: int) -> Verdict:
         if state == ALIVE:
             return Verdict.APPLY if j >= i else Verdict.IGNORE
         if state == SUSPECT:
-            return Verdict.CONFIRM if j >= i else Verdict.IGNORE
+            if j == i:
+                return Verdict.CONFIRM
+            return Verdict.APPLY if j > i else Verdict.IGNORE
         return Verdict.IGNORE
     if kind == DEAD:
         if state in (ALIVE, SUSPECT):

@@ -87,6 +87,8 @@ SEQ_MODULUS = 2**32
 MAX_HOST = 255
 MAX_KEY = 128
 MAX_SIGNATURE = 256
+CORRECTIONS_PER_ACK = 4
+"""Newer claims answered directly to a ping that carried stale ones."""
 MAX_PENDING_RELAYS = 256
 """Open ping_req relays we serve at once; beyond that we are being flooded."""
 
@@ -162,6 +164,7 @@ class Swim:
         self._seeds: list[Address] = []
         self._address_book: OrderedDict[Address, None] = OrderedDict()
         self._budget = cfg.max_datagram - cfg.envelope_overhead
+        self._corrections: dict[bytes, Claim] = {}
         self._table_cache: tuple[tuple[int, int, bool], bytes] | None = None
         self._push_pull_generation = 0
         self._self_claim = self._make_self_claim()
@@ -334,8 +337,12 @@ class Swim:
             if len(updates) > self.config.max_piggyback:
                 self._bad("piggyback_over_limit")
                 return out
+            corrections = self._corrections
+            corrections.clear()
             for claim in updates:
                 self._on_claim(claim, now, out)
+            if corrections and kind is not Ping:
+                self._requeue_corrections()
             if kind is Ping:
                 self._on_ping(src, msg, out)
             elif kind is Ack:
@@ -386,7 +393,7 @@ class Swim:
             )
             updates.append(buddy)
             budget -= claim_size(buddy)
-        updates.extend(self._piggyback(budget, len(updates)))
+        updates.extend(c for c in self._piggyback(budget, len(updates)) if c not in updates)
         out.append(Send(m.address, Ping(seq, target, tuple(updates))))
 
     def _indirect_probe(self, probe: _Probe, out: list[Effect]) -> None:
@@ -434,8 +441,16 @@ class Swim:
             # the prober learns that node is gone.
             self._bad("misdirected_ping")
             return
-        updates = tuple(self._piggyback(self._budget - _ACK_BASE))
-        out.append(Send(src, Ack(msg.seq, updates), msg.reliable_reply))
+        budget = self._budget - _ACK_BASE
+        first: list[Claim] = []
+        for claim in self._corrections.values():
+            size = claim_size(claim)
+            if size <= budget and len(first) < CORRECTIONS_PER_ACK:
+                first.append(claim)
+                budget -= size
+        self._corrections.clear()
+        first.extend(self._piggyback(budget, len(first)))
+        out.append(Send(src, Ack(msg.seq, tuple(first)), msg.reliable_reply))
 
     def _on_ack(self, msg: Ack, now: float, out: list[Effect]) -> None:
         seq = msg.seq
@@ -502,6 +517,39 @@ class Swim:
 
     # ----------------------------------------------------------------- claims --
 
+    def _claim_of(self, m: Member) -> Claim:
+        """Our current claim about ``m``, re-signed by nobody: what we last verified."""
+        state = m.state
+        if state == ALIVE:
+            host, port = m.address
+            return Claim(
+                int(ALIVE),
+                m.node_id,
+                m.alive_incarnation,
+                host,
+                port,
+                m.public_key,
+                m.alive_signature,
+            )
+        if state == LEFT:
+            return Claim(int(LEFT), m.node_id, m.incarnation, signature=m.accusation_signature)
+        return Claim(
+            int(state),
+            m.node_id,
+            m.incarnation,
+            accuser=m.accuser,
+            signature=m.accusation_signature,
+        )
+
+    def _requeue_corrections(self) -> None:
+        """Stale claims reached us: our newer ones have not reached everyone yet.
+        Put them back on the piggyback queue unless they are still there."""
+        for node, claim in self._corrections.items():
+            if not self._broadcasts.has(node):
+                self.stats["corrections_requeued"] += 1
+                self._broadcasts.push(claim)
+        self._corrections.clear()
+
     def _bad(self, reason: str) -> None:
         self.stats["bad." + reason] += 1
 
@@ -516,6 +564,7 @@ class Swim:
         if m is not None:
             inc = c.incarnation
             if inc < m.incarnation:
+                self._corrections[node] = self._claim_of(m)
                 return
             if inc == m.incarnation and (kind == ALIVE or (kind == m.state and kind != SUSPECT)):
                 return
@@ -627,25 +676,26 @@ class Swim:
             suspicion = self._suspicions.get(m.node_id)
             if suspicion is None:  # cannot happen; heal by starting one
                 suspicion = self._start_suspicion(m, c.accuser, now)
-            if suspicion.knows(c.accuser) and c.incarnation == m.incarnation:
+            if suspicion.knows(c.accuser):
                 return
             if not verified and not self._accusation_ok(c):
                 return
-            if c.incarnation > m.incarnation:
-                m.incarnation = c.incarnation
-                m.accuser, m.accusation_signature = c.accuser, c.signature
-                self._members.touch()
             if suspicion.confirm(c.accuser):
                 self._timers.push(suspicion.deadline, "suspicion", m.node_id)
                 self._broadcast(c)
             return
         if not verified and not self._accusation_ok(c):
             return
+        previous = m.state
         m.incarnation = c.incarnation
         m.accuser, m.accusation_signature = c.accuser, c.signature
-        self._members.set_state(m, SUSPECT, now)
         self._start_suspicion(m, c.accuser, now)
-        out.append(MemberSuspected(m.info(), c.accuser))
+        if previous == SUSPECT:
+            # A new suspicion at a higher incarnation: fresh timer, same state.
+            self._members.touch()
+        else:
+            self._members.set_state(m, SUSPECT, now)
+            out.append(MemberSuspected(m.info(), c.accuser))
         self._broadcast(c)
 
     def _start_suspicion(self, m: Member, accuser: bytes, now: float) -> Suspicion:
@@ -742,8 +792,13 @@ class Swim:
         j = c.incarnation
         kind = c.kind
         mine = self.incarnation
-        if j < mine or (kind == ALIVE and j == mine):
-            return  # old news, or our own alive echoed back
+        if j < mine:
+            # Someone still repeats old news about us (our refutation missed
+            # them): answer with our current alive claim.
+            self._corrections[self.node_id] = self._self_claim
+            return
+        if kind == ALIVE and j == mine:
+            return  # our own alive echoed back
         if j - mine > self.config.max_incarnation_jump or j >= MAX_INCARNATION:
             self._bad("incarnation_jump")
             return
@@ -775,6 +830,11 @@ class Swim:
         self._members.touch()
         accuser = c.accuser if kind in (SUSPECT, DEAD) else b""
         out.append(Refuted(self.incarnation, MemberState(kind), accuser))
+        # Tell the accuser directly: it is the member whose path to us failed,
+        # it started the first timer, and gossip reaches it only by chance.
+        who = self._members.get(accuser) if accuser else None
+        if who is not None:
+            out.append(Send(who.address, Gossip((self._self_claim,))))
 
     # ---------------------------------------------------------------- push-pull --
 
@@ -812,6 +872,7 @@ class Swim:
             if m is not None and m.state == states[i] and m.incarnation == incs[i]:
                 continue  # we agree: the common case, kept cheap
             self._merge_row(table, i, m, now, out)
+        self._corrections.clear()  # our reply (or request) carried our whole view
         if not msg.reply:
             out.append(Send(src, self._snapshot(reply=True, join=False), True))
 
