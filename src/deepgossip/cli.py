@@ -49,6 +49,32 @@ def bench_baseline(**options: object) -> None:
     run_baseline_cli(**options)
 
 
+@bench.command("swim")
+@click.option("--runtime", type=click.Choice(["sim", "asyncio"]), default="sim", show_default=True)
+@click.option("--nodes", type=click.IntRange(min=2), default=100, show_default=True)
+@click.option("--loss", type=click.FloatRange(0.0, 1.0), default=0.05, show_default=True)
+@click.option("--crash", type=click.IntRange(min=0), default=10, show_default=True)
+@click.option("--duration", type=click.FloatRange(min=1.0), default=300.0, show_default=True)
+@click.option("--warmup", type=click.FloatRange(min=0.0), default=20.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--bootstrap", type=click.Choice(["converged", "join"]), default="converged", show_default=True
+)
+@click.option(
+    "--fallback-ping",
+    type=click.Choice(["datagram", "stream", "off"]),
+    default="datagram",
+    show_default=True,
+)
+@click.option("--processes", type=click.IntRange(min=1), default=None, help="Ignored for sim.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
+def bench_swim(**options: object) -> None:
+    """SWIM failure detection: time to detect crashes, false positives, cost."""
+    from deepgossip.experiments.bench_swim import run_swim_bench_cli
+
+    run_swim_bench_cli(**options)  # type: ignore[arg-type]
+
+
 @main.command()
 @click.option(
     "--session",

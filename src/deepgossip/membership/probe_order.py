@@ -24,6 +24,13 @@ class ProbeOrder:
         self._queued: set[bytes] = set()
         self._index = 0
 
+    def reset(self, node_ids: list[bytes]) -> None:
+        """Start a fresh, shuffled pass over ``node_ids``."""
+        self._order = list(node_ids)
+        self._rng.shuffle(self._order)
+        self._queued = set(self._order)
+        self._index = 0
+
     def add(self, node_id: bytes) -> None:
         if node_id in self._queued:
             return

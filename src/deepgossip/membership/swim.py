@@ -233,9 +233,7 @@ class Swim:
             )
             self._members.add(member)
             installed += 1
-        self._order = ProbeOrder(self.rng)
-        for node_id in self._members.live_ids():
-            self._order.add(node_id)
+        self._order.reset(self._members.live_ids())
         # The view jumped in size: spread the first push-pull over the new period.
         self._schedule_push_pull(now, self.config.push_pull_period(self._members.live_count + 1))
         return installed
@@ -566,8 +564,13 @@ class Swim:
             if inc < m.incarnation:
                 self._corrections[node] = self._claim_of(m)
                 return
-            if inc == m.incarnation and (kind == ALIVE or (kind == m.state and kind != SUSPECT)):
-                return
+            if inc == m.incarnation:
+                if kind == ALIVE or (kind == m.state and kind != SUSPECT):
+                    return
+                if kind == SUSPECT and m.state == SUSPECT:
+                    suspicion = self._suspicions.get(node)
+                    if suspicion is not None and suspicion.knows(c.accuser):
+                        return  # a confirmation we already counted
             if inc - m.incarnation > self.config.max_incarnation_jump:
                 self._bad("incarnation_jump")
                 return
