@@ -433,11 +433,95 @@ def test_stalled_peer_hits_the_write_timeout() -> None:
         async with AsyncioRuntime(config) as runtime:
             a = await runtime.attach(LOCAL)
             runtime.send(a, ("127.0.0.1", port), bytes(40 * 1000 * 1000), True)
-            await until(lambda: runtime.stats.dropped["tcp_write_failed"] == 1)
+            runtime.send(a, ("127.0.0.1", port), b"behind", True)
+            # The stalled frame is dropped; the one behind it gets a new connection.
+            await until(lambda: runtime.stats.frames_out["tcp"] == 1)
+            assert runtime.stats.dropped["tcp_write_failed"] == 1
+            assert runtime.stats.events["tcp_connected"] == len(transports) == 2
         for transport in transports:
             transport.close()
         server.close()
         await server.wait_closed()
+
+    run(main())
+
+
+def test_a_reset_mid_frame_drops_that_frame_and_the_next_reconnects() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        received: list[bytearray] = []
+
+        class ResetFirst(asyncio.Protocol):
+            """The first connection is reset after 1 MB; later ones are recorded."""
+
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                assert isinstance(transport, asyncio.Transport)
+                self.transport = transport
+                self.first = not received
+                received.append(bytearray())
+                self.data = received[-1]
+
+            def data_received(self, data: bytes) -> None:
+                self.data += data
+                if self.first and len(self.data) > 1_000_000:
+                    self.transport.abort()
+
+        server = await loop.create_server(ResetFirst, "127.0.0.1", 0)
+        peer = ("127.0.0.1", server.sockets[0].getsockname()[1])
+        async with AsyncioRuntime() as runtime:
+            a = await runtime.attach(LOCAL)
+            runtime.send(a, peer, bytes(30 * 1000 * 1000), True)
+            runtime.send(a, peer, b"after", True)
+            expected = encode_hello(*a) + encode_header(5) + b"after"
+            await until(lambda: len(received) == 2 and received[1] == expected)
+            assert runtime.stats.dropped["tcp_write_failed"] == 1
+            assert runtime.stats.frames_out["tcp"] == 1
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
+def test_udp_os_errors_are_counted_not_raised() -> None:
+    async def main() -> None:
+        async with AsyncioRuntime() as runtime:
+            inbox = Inbox()
+            a = await runtime.attach(LOCAL, inbox)
+            runtime.send(a, ("::1", 9), b"x", False)  # IPv6 from an IPv4 socket
+            assert sum(runtime.stats.errors.values()) == 1
+            # What an ICMP port-unreachable turns into, where the OS reports it
+            # (Linux does so only for connected UDP sockets).
+            endpoint = runtime._endpoints[a]
+            assert endpoint.udp is not None
+            endpoint.udp.error_received(ConnectionRefusedError())
+            assert runtime.stats.errors["udp_ConnectionRefusedError"] == 1
+            runtime.send(a, a, b"still fine", False)
+            await until(lambda: inbox.frames == [b"still fine"])
+
+    run(main())
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback")
+def test_ipv6_loopback() -> None:
+    async def main() -> None:
+        async with AsyncioRuntime() as runtime:
+            inbox = Inbox()
+            a = await runtime.attach(("::1", 0))
+            b = await runtime.attach(("::1", 0), inbox)
+            assert a[0] == "::1" and len(a) == 2
+            runtime.send(a, b, b"dgram", False)
+            runtime.send(a, b, b"x" * 200_000, True)
+            await until(lambda: len(inbox.got) == 2)
+            assert sorted((src, r) for src, _, r in inbox.got) == [(a, False), (a, True)]
 
     run(main())
 

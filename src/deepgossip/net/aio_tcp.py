@@ -185,6 +185,14 @@ class OutboundProtocol(asyncio.Protocol, Closable):
         """True while the transport's buffer is above its high-water mark."""
         return self._paused
 
+    @property
+    def usable(self) -> bool:
+        """False once the connection is closing or lost (a reset marks the
+        transport closing at once but reaches :meth:`connection_lost` a loop
+        turn later)."""
+        transport = self.transport
+        return not self.closed and transport is not None and not transport.is_closing()
+
     def pause_writing(self) -> None:
         self._paused = True
 
@@ -318,7 +326,7 @@ class PeerLink:
     async def _drain_queue(self) -> None:
         while self._queue:
             proto = self._proto
-            if proto is None or proto.closed:
+            if proto is None or not proto.usable:
                 try:
                     proto = await self._connect()
                 except (OSError, TimeoutError) as exc:
@@ -370,7 +378,7 @@ class PeerLink:
         size = len(frame)
         timeout = self._config.write_timeout
         if size <= _SMALL_FRAME:
-            if proto.closed or transport.is_closing():
+            if not proto.usable:
                 raise ConnectionResetError("connection closed")
             transport.write(encode_header(size) + frame)
             if proto.paused:
@@ -381,9 +389,7 @@ class PeerLink:
         view = memoryview(frame)
         transport.write(encode_header(size))
         for offset in range(0, size, step):
-            # A reset marks the transport closing at once but reaches the
-            # protocol a loop turn later; writes in between would vanish.
-            if proto.closed or transport.is_closing():
+            if not proto.usable:  # else the write would vanish without an error
                 raise ConnectionResetError("connection closed")
             transport.write(view[offset : offset + step])
             if proto.paused:
@@ -406,7 +412,7 @@ class PeerLink:
     def _after_run(self) -> None:
         if self._retired:
             return
-        if self._proto is None or self._proto.closed:
+        if self._proto is None or not self._proto.usable:
             self.retire()
             return
         self._idle = self._loop.call_later(self._config.idle_timeout, self._on_idle)
