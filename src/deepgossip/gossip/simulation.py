@@ -192,12 +192,15 @@ class GossipSim:
 
     def run_until_covered(self, item_id: bytes, limit: float = math.inf) -> bool:
         """Run until every live node holds ``item_id`` (or ``limit``); True if it does."""
-        return self._run(lambda: self.covered(item_id), limit)
+        return self.run_until_true(lambda: self.covered(item_id), limit)
 
     def run_until_idle(self, limit: float = math.inf) -> bool:
-        return self._run(self.idle, limit)
+        return self.run_until_true(self.idle, limit)
 
-    def _run(self, done: Callable[[], bool], limit: float, check_every: float = 0.05) -> bool:
+    def run_until_true(
+        self, done: Callable[[], bool], limit: float = math.inf, check_every: float = 0.05
+    ) -> bool:
+        """Run until ``done()`` (checked every ``check_every`` s) or ``limit``."""
         while not done():
             if self.net.now() >= limit:
                 return False
