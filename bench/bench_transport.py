@@ -169,6 +169,14 @@ def _separate_process(pings: int, repeats: int) -> dict[str, Any]:
         proc.join(10)
 
 
+def _loop_name() -> str:
+    loop = asyncio.new_event_loop()
+    try:
+        return type(loop).__name__
+    finally:
+        loop.close()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pings", type=int, default=5000)
@@ -179,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
         "benchmark": "bench/bench_transport.py",
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "python": platform.python_version(),
-        "loop": type(asyncio.new_event_loop()).__name__,
+        "loop": _loop_name(),
         "cpus": os.cpu_count(),
         "separate_process": _separate_process(args.pings, args.repeats),
         "same_loop": asyncio.run(_measure(None, args.pings, args.repeats)),

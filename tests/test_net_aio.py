@@ -560,7 +560,11 @@ def test_close_leaves_no_tasks_sockets_or_warnings() -> None:
         assert runtime.addresses == []
         runtime.send(hosts[0].address, server.address, b"late", True)
         assert runtime.stats.dropped["runtime_closed"] == 1
+        fired: list[int] = []
+        runtime.call_later(0.0, lambda: fired.append(1))
+        pings_sent = [core.sent for core in clients]
         await asyncio.sleep(0.05)  # host timers were cancelled: nothing fires
+        assert fired == [] and [core.sent for core in clients] == pings_sent
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ResourceWarning)

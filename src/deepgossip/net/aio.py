@@ -259,15 +259,19 @@ class _Endpoint:
         tasks = [link.task for link in self.links.values() if link.task is not None]
         for link in list(self.links.values()):
             link.retire()
-        for conn in list(self.connections):
-            conn.abort()
-            waits.append(conn.lost)
         if self.udp is not None and self.udp.transport is not None:
             self.udp.transport.close()
             waits.append(self.udp.lost)
-        waits.extend(tasks)
-        if waits:
-            await asyncio.gather(*waits, return_exceptions=True)
+        await asyncio.gather(*waits, *tasks, return_exceptions=True)
+        # Repeat: a connection accepted just before the server closed (or one a
+        # cancelled connect was completing) registers itself a loop turn later.
+        for _ in range(100):
+            if not self.connections:
+                break
+            conns = list(self.connections)
+            for conn in conns:
+                conn.abort()
+            await asyncio.gather(*(conn.lost for conn in conns), return_exceptions=True)
         if self.server is not None:
             await self.server.wait_closed()
 
@@ -312,9 +316,16 @@ class AsyncioRuntime:
         return self.loop.time()
 
     def call_at(self, when: float, callback: Callable[[], None]) -> asyncio.TimerHandle:
-        """Run ``callback`` at loop time ``when`` (past times run on the next turn)."""
+        """Run ``callback`` at loop time ``when`` (past times run on the next turn).
+
+        After :meth:`close` the handle comes back cancelled: a host left running
+        on a closed runtime must not keep ticking forever.
+        """
         handle = self.loop.call_at(when, callback)
-        self._timers.add(handle)
+        if self._closed:
+            handle.cancel()
+        else:
+            self._timers.add(handle)
         return handle
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> asyncio.TimerHandle:
