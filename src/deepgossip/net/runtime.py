@@ -66,7 +66,7 @@ class Timer(Protocol):
     def cancel(self) -> None: ...
 
 
-Receiver = Callable[[Address, bytes, bool], None]
+Receiver = Callable[[Address, bytes | bytearray, bool], None]
 """Called by a runtime with (source address, frame bytes, reliable?)."""
 
 
