@@ -49,6 +49,24 @@ def bench_baseline(**options: object) -> None:
     run_baseline_cli(**options)
 
 
+@bench.command("gossip")
+@click.option("--runtime", type=click.Choice(["sim"]), default="sim", show_default=True)
+@click.option("--nodes", type=click.IntRange(min=2), default=1000, show_default=True)
+@click.option("--loss", type=click.FloatRange(0.0, 1.0), default=0.05, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--items", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--body-bytes", type=click.IntRange(min=1), default=4096, show_default=True)
+@click.option("--fanout", type=click.IntRange(min=1), default=None, help="Default: config.")
+@click.option("--redundancy-limit", type=click.IntRange(min=1), default=None, help="k.")
+@click.option("--eager-push/--no-eager-push", default=None, help="Default: config.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
+def bench_gossip(**options: object) -> None:
+    """Rumour mongering + anti-entropy: rounds to coverage, residue, messages."""
+    from deepgossip.experiments.bench_gossip import run_gossip_bench_cli
+
+    run_gossip_bench_cli(**options)  # type: ignore[arg-type]
+
+
 @bench.command("swim")
 @click.option("--runtime", type=click.Choice(["sim", "asyncio"]), default="sim", show_default=True)
 @click.option("--nodes", type=click.IntRange(min=2), default=100, show_default=True)

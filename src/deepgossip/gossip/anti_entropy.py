@@ -143,10 +143,13 @@ def missing_from(
     hi: int,
     cap: int,
     now: float,
+    inline_max: int = 0,
 ) -> tuple[list[OfferEntry], bool]:
     """Announcements of held items in ``[lo, hi]`` the digest does not cover.
 
     Newest first (fresh updates matter most to a learner); ``True`` if truncated.
+    Bodies up to ``inline_max`` bytes ride along (the exchange is on the stream
+    transport), which saves a pull round trip per small item.
     """
     theirs = {origin_key(o.origin): RangeSet(o.ranges) for o in origins}
     chosen: list[StoredItem] = []
@@ -163,7 +166,13 @@ def missing_from(
             more = True
             break
         chosen.append(item)
-    return [OfferEntry(i.meta.announcement(), max(0.0, now - i.received_at)) for i in chosen], more
+    return [
+        OfferEntry(
+            i.meta.announcement(i.body if i.meta.size <= inline_max else None),
+            max(0.0, now - i.received_at),
+        )
+        for i in chosen
+    ], more
 
 
 class AntiEntropySchedule:

@@ -61,12 +61,15 @@ class GossipConfig:
     """Push a new rumour at once when it becomes hot instead of waiting for the
     next round: the first generations spread at network latency, not round pace."""
     inline_max_bytes: int = 1024
-    """Bodies up to this size ride inside the announcement: with ~200 bytes of
-    envelope the datagram stays under the 1232 bytes IPv6 guarantees unfragmented."""
+    """Bodies up to this size ride inside the announcement (and in anti-entropy
+    offers), saving a pull and its answer, if the datagram stays within budget."""
     datagram_budget: int = 1200
-    """Estimated bytes per push datagram; more hot rumours go in more datagrams."""
-    max_item_bytes: int = 64 * MIB
-    """Larger announced sizes are absurd for a model update and are dropped."""
+    """Estimated announcement bytes per push datagram; more hot rumours go in more
+    datagrams. With the push wrapper and the frame envelope (header, AEAD tag,
+    signature: 125 B) a datagram stays under the 1400 B ``wire`` limit."""
+    max_item_bytes: int = 63 * MIB
+    """Larger announced sizes are absurd and dropped: a body must fit one stream frame
+    (64 MiB in ``wire.limits``) with its envelope."""
     max_kind_len: int = 64
     max_entries_per_message: int = 512
     """Messages listing more entries are dropped as malformed/abusive."""

@@ -76,12 +76,20 @@ PeersFn = Callable[[], Sequence[Address]]
 
 RUMOUR = "rumour"
 ANTI_ENTROPY = "anti_entropy"
-ENTRY_OVERHEAD = 48
-"""Estimated msgpack bytes of an announcement besides its variable-length fields."""
+ENTRY_OVERHEAD = 40
+"""Estimated msgpack bytes of an announcement besides its variable-length fields
+(measured: ~33 with 5-byte seq and 9-byte float)."""
 GC_MIN_INTERVAL = 1.0
 """Collection runs at most this often (expiries are coalesced)."""
 SERVE_MAX_BYTES = 8 * 1024 * 1024
 """Bytes of bodies per pull answer (one body always goes, whatever its size)."""
+
+
+def entry_cost(a: Announcement) -> int:
+    """Estimated encoded size of an announcement (a slight overestimate)."""
+    cost = ENTRY_OVERHEAD + len(a.item_id) + len(a.origin) + len(a.public_key)
+    cost += len(a.signature) + len(a.kind.encode()) + (len(a.body) if a.body is not None else 0)
+    return cost
 
 
 @dataclass(slots=True)
@@ -227,13 +235,19 @@ class RumorCore:
     def _make_hot(
         self, meta: ItemMeta, body: bytes, budget: int, holders: Sequence[Address], now: float
     ) -> list[Effect]:
-        inline = body if len(body) <= self.config.inline_max_bytes else None
+        inline = body if self._fits_inline(meta, body) else None
         self._hot[meta.item_id] = HotRumour(meta.announcement(inline), budget, holders=set(holders))
         if self._next_round == math.inf:
             self._next_round = self._round_after(now)
         if self.config.eager_push:
             return self._push([meta.item_id])
         return []
+
+    def _fits_inline(self, meta: ItemMeta, body: bytes) -> bool:
+        """Small bodies ride in the announcement if the datagram stays within budget."""
+        if len(body) > self.config.inline_max_bytes:
+            return False
+        return entry_cost(meta.announcement(body)) <= self.config.datagram_budget
 
     def _round_after(self, now: float) -> float:
         period = self.config.round_period
@@ -279,8 +293,7 @@ class RumorCore:
         size = 0
         for hot in entries:
             a = hot.announcement
-            cost = ENTRY_OVERHEAD + len(a.origin) + len(a.public_key) + len(a.signature)
-            cost += len(a.kind) + (len(a.body) if a.body is not None else 0)
+            cost = entry_cost(a)
             if batches[-1] and size + cost > budget:
                 batches.append([])
                 size = 0
@@ -501,7 +514,13 @@ class RumorCore:
             self.stats.dropped["bad_digest"] += 1
             return []
         offers, more = missing_from(
-            self.store, msg.origins, msg.lo, msg.hi, self.config.offer_max_items, now
+            self.store,
+            msg.origins,
+            msg.lo,
+            msg.hi,
+            self.config.offer_max_items,
+            now,
+            self.config.inline_max_bytes,
         )
         origins, hi = self._summary(msg.lo, msg.hi)
         return [self._send(src, DigestReply(tuple(offers), msg.lo, hi, origins, more), True)]
@@ -517,7 +536,13 @@ class RumorCore:
             return []
         effects = self._take_offers(src, msg.offers, msg.more, now)
         offers, more = missing_from(
-            self.store, msg.origins, msg.lo, msg.hi, self.config.offer_max_items, now
+            self.store,
+            msg.origins,
+            msg.lo,
+            msg.hi,
+            self.config.offer_max_items,
+            now,
+            self.config.inline_max_bytes,
         )
         if offers:
             effects.append(self._send(src, Offer(tuple(offers), more), True))
