@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from deepgossip.gossip import GossipConfig, ItemDelivered, RumorCore, StoreLimits
+from deepgossip.gossip import Equivocation, GossipConfig, ItemDelivered, RumorCore, StoreLimits
 from deepgossip.gossip.item import ItemMeta, item_id_of
 from deepgossip.gossip.messages import (
     Announcement,
@@ -433,3 +433,27 @@ def test_handle_never_raises_on_garbage(msgs: list[Any]) -> None:
         now += 0.5
         if c.next_deadline() <= now:
             c.tick(now)
+
+
+def test_equivocating_origin_is_reported() -> None:
+    c = core()
+    first, second = announce(b"one", seq=5, inline=True), announce(b"two", seq=5, inline=True)
+    c.handle(A, Push((first,)), 0.0)
+    effects = c.handle(B, Push((second,)), 0.1)
+    (event,) = [e for e in effects if isinstance(e, Equivocation)]
+    assert event.seq == 5 and event.item_ids == (first.item_id, second.item_id)
+    assert len(delivered(effects)) == 1  # both are valid signed items: the trust layer decides
+
+
+def test_anti_entropy_offers_carry_small_bodies() -> None:
+    c = core()
+    small, _ = c.publish(b"small", "update", 0.0)
+    big, _ = c.publish(BIG, "update", 0.0)
+    (reply,) = sends(c.handle(A, Digest(0, 2**64 - 1, ()), 1.0), DigestReply)
+    bodies = {o.announcement.item_id: o.announcement.body for o in reply.message.offers}
+    assert bodies == {small: b"small", big: None}
+    other = core(peers=[A], config=replace(NO_AE, ae_period=1.0), seed=2)
+    other.tick(other.anti_entropy.next_at)  # sends its digest to A
+    effects = other.handle(A, reply.message, 1.1)
+    assert [e.item_id for e in delivered(effects)] == [small]  # no pull needed
+    assert [s.message.ids for s in sends(effects, Pull)] == [(big,)]

@@ -132,3 +132,47 @@ def test_same_seed_same_trace() -> None:
     first = _trace(21)
     assert first == _trace(21)
     assert first != _trace(22)
+
+
+def test_chunked_digests_heal_a_partition_with_many_origins() -> None:
+    """Digests bounded to 3 origins: a healed half catches up over rotating chunks."""
+    cfg = GossipConfig(digest_max_origins=3, offer_max_items=4)
+    sim = GossipSim(16, seed=13, loss=0.05, config=cfg)
+    sim.run_for(0.5)
+    left = [n.address for n in sim.nodes[:8]]
+    sim.net.partition([left])
+    ids = [sim.publish(i, body(i, size=1500)) for i in range(16)]  # 16 origins
+    sim.run_for(8.0)
+    for item_id, (origin, _) in ((i, sim.published[i]) for i in ids):
+        side = range(8) if origin < 8 else range(8, 16)
+        assert {n.index for n in sim.nodes if n.core.has(item_id)} == set(side)
+    sim.net.heal()
+    assert sim.run_until_true(lambda: all(sim.covered(i) for i in ids), sim.net.now() + 30)
+    assert sum(len(n.deliveries) for n in sim.nodes) == 16 * 15
+
+
+def test_trace_does_not_depend_on_python_hash_seed() -> None:
+    """No decision may follow set/dict-of-bytes hash order (PYTHONHASHSEED varies)."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import hashlib, sys; sys.path.insert(0, 'tests');"
+        "from test_gossip_sim import _trace;"
+        "print(hashlib.sha256(repr(_trace(5)).encode()).hexdigest())"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    outputs = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=root,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        for seed in ("1", "2")
+    }
+    assert outputs == {hashlib.sha256(repr(_trace(5)).encode()).hexdigest()}
