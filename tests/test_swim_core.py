@@ -71,8 +71,11 @@ class Rig:
         seed: int = 0,
         name: str = "me",
         address: Address = ME,
+        verify: Callable[[bytes, bytes, bytes, bytes], bool] | None = None,
     ) -> None:
         self.me = insecure_identity(name)
+        if verify is not None:
+            self.me = SwimIdentity(self.me.node_id, self.me.public_key, self.me.sign, verify)
         self.core = Swim(self.me, address, random.Random(seed), config or SwimConfig())
         self.peers = [insecure_identity(f"peer{i}") for i in range(n)]
         self.addr_of = {p.node_id: addr(i) for i, p in enumerate(self.peers)}
@@ -376,11 +379,10 @@ def test_left_member_is_never_suspected_again_at_that_incarnation() -> None:
 
 
 def test_only_the_member_itself_can_say_it_left() -> None:
-    rig = Rig(n=3)  # signatures "ok" only; the real Ed25519 path: test_swim_signed.py
-    x = rig.peers[0]
-    rig.core.identity = SwimIdentity(
-        rig.me.node_id, rig.me.public_key, rig.me.sign, lambda n, k, s, d: s == b"ok"
-    )
+    # Only b"ok" verifies here; the real Ed25519 path is in test_swim_signed.py.
+    rig = Rig(n=0, verify=lambda n, k, s, d: s == b"ok")
+    x = insecure_identity("x")
+    rig.core.preload([Claim(ALIVE, x.node_id, 0, *addr(0), x.public_key, b"ok")], 0.0)
     rig.handle(Gossip((Claim(LEFT, x.node_id, 0, signature=b"forged"),)))
     assert rig.state(x) == (MemberState.ALIVE, 0)
     assert rig.core.stats["bad.bad_signature"] == 1
