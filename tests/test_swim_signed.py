@@ -155,3 +155,24 @@ def test_nobody_can_refute_for_a_dead_member() -> None:
     )
     observer.host.execute(observer.swim.handle(sim_address(1), Gossip((genuine,)), c.net.now()))
     assert c.state_of(sim_address(0), sim_address(3)) == ALIVE
+
+
+def test_false_claims_about_ourselves_are_ignored_and_counted() -> None:
+    c, keys = signed_cluster(3)
+    me = c.nodes[sim_address(1)]
+    vid = me.identity.node_id
+    _, mallory_key = ed25519_identity("mallory")
+    payload = alive_payload(vid, 7, *me.address)
+    forged = [
+        Claim(int(ALIVE), vid, 7, *me.address, me.identity.public_key, mallory_key.sign(payload)),
+        Claim(int(LEFT), vid, 7, signature=mallory_key.sign(left_payload(vid, 7))),
+    ]
+    me.host.execute(me.swim.handle(sim_address(0), Gossip(tuple(forged)), c.net.now()))
+    assert me.swim.stats["bad.false_self_claim"] == 2
+    assert me.swim.incarnation == 0
+    assert c.events(Refuted) == []
+    # Our own old signature (a previous run) is genuine: we refute past it.
+    genuine = keys[me.address].sign(payload)
+    claim = Claim(int(ALIVE), vid, 7, *me.address, me.identity.public_key, genuine)
+    me.host.execute(me.swim.handle(sim_address(0), Gossip((claim,)), c.net.now()))
+    assert me.swim.incarnation == 8
