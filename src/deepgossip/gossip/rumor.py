@@ -146,6 +146,7 @@ class RumorCore:
         self._rng = rng
         self._seq = first_seq
         self._hot: dict[bytes, HotRumour] = {}
+        self._fresh: list[bytes] = []  # became hot during the current call
         self._phase = rng.random() * config.round_period
         self._next_round = math.inf
         self._last_gc = now
@@ -197,7 +198,8 @@ class RumorCore:
         self._evicted(outcome.evicted)
         self.pulls.done(item_id)
         self.stats.kind(kind).published += 1
-        effects.extend(self._make_hot(meta, body, self.config.redundancy_limit, (), now))
+        self._make_hot(meta, body, self.config.redundancy_limit, (), now)
+        effects.extend(self._flush_fresh())
         return item_id, effects
 
     def handle(self, src: Address, msg: Any, now: float) -> list[Effect]:
@@ -207,6 +209,7 @@ class RumorCore:
             self.stats.dropped["unknown_message"] += 1
             return []
         effects = handler(self, src, msg, now)
+        effects.extend(self._flush_fresh())
         effects.extend(self._pump(now))
         return effects
 
@@ -219,6 +222,7 @@ class RumorCore:
             effects.extend(self._start_exchange(now))
         if now >= self._gc_deadline():
             self._collect(now)
+        effects.extend(self._flush_fresh())
         effects.extend(self._pump(now))
         return effects
 
@@ -234,14 +238,22 @@ class RumorCore:
 
     def _make_hot(
         self, meta: ItemMeta, body: bytes, budget: int, holders: Sequence[Address], now: float
-    ) -> list[Effect]:
+    ) -> None:
         inline = body if self._fits_inline(meta, body) else None
         self._hot[meta.item_id] = HotRumour(meta.announcement(inline), budget, holders=set(holders))
         if self._next_round == math.inf:
             self._next_round = self._round_after(now)
         if self.config.eager_push:
-            return self._push([meta.item_id])
-        return []
+            self._fresh.append(meta.item_id)
+
+    def _flush_fresh(self) -> list[Effect]:
+        """Eager push of the rumours that became hot during this call, in one batch
+        (a pull answer carrying 30 bodies makes 30 rumours hot, not 30 datagrams)."""
+        if not self._fresh:
+            return []
+        fresh = [i for i in self._fresh if i in self._hot]
+        self._fresh.clear()
+        return self._push(fresh)
 
     def _fits_inline(self, meta: ItemMeta, body: bytes) -> bool:
         """Small bodies ride in the announcement if the datagram stays within budget."""
@@ -422,12 +434,10 @@ class RumorCore:
             self.stats.events["equivocation"] += 1
             effects.append(Equivocation(meta.origin, meta.seq, (outcome.conflict, meta.item_id)))
         if via == RUMOUR:
-            effects.extend(self._make_hot(meta, body, self.config.redundancy_limit, holders, now))
+            self._make_hot(meta, body, self.config.redundancy_limit, holders, now)
         elif rekindle and self.config.rekindle_redundancy > 0:
             self.stats.events["rekindled"] += 1
-            effects.extend(
-                self._make_hot(meta, body, self.config.rekindle_redundancy, holders, now)
-            )
+            self._make_hot(meta, body, self.config.rekindle_redundancy, holders, now)
         return effects
 
     # -- bodies --------------------------------------------------------------------------
