@@ -84,7 +84,11 @@ def bench_gossip(**options: object) -> None:
     default="datagram",
     show_default=True,
 )
-@click.option("--processes", type=click.IntRange(min=1), default=None, help="Ignored for sim.")
+@click.option(
+    "--processes",
+    is_flag=True,
+    help="asyncio runtime: one real OS process per node (the only asyncio mode).",
+)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
 def bench_swim(**options: object) -> None:
     """SWIM failure detection: time to detect crashes, false positives, cost."""
@@ -159,6 +163,12 @@ def _address(value: str) -> tuple[str, int]:
 )
 @click.option("--log-level", default="WARNING", show_default=True)
 @click.option("--print-events", is_flag=True, help="Print membership events as JSON lines.")
+@click.option(
+    "--inject-loss",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.0,
+    help="Drop this fraction of incoming datagrams (fault injection for tests).",
+)
 def node(
     session_path: str,
     trackers: tuple[str, ...],
@@ -171,6 +181,7 @@ def node(
     secret_file: str | None,
     log_level: str,
     print_events: bool,
+    inject_loss: float,
 ) -> None:
     """Run a node: membership and gossip on PORT, its API on API_PORT."""
     import asyncio
@@ -197,6 +208,7 @@ def node(
         seeds=tuple(_address(s) for s in seeds),
         trackers=trackers,
         print_events=print_events,
+        inject_loss=inject_loss,
     )
     asyncio.run(run_node(options))
 

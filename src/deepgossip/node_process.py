@@ -32,7 +32,7 @@ from deepgossip.membership.events import (
     MemberSuspected,
 )
 from deepgossip.net.aio import AsyncioRuntime
-from deepgossip.net.runtime import Address
+from deepgossip.net.runtime import Address, Receiver
 from deepgossip.node import Node
 from deepgossip.session import Session
 from deepgossip.tracker.client import HttpCall
@@ -59,6 +59,9 @@ class NodeOptions:
     trackers: tuple[str, ...] = ()
     print_events: bool = False
     """Print membership events as JSON lines with wall-clock times (benchmarks)."""
+    inject_loss: float = 0.0
+    """Drop this fraction of incoming datagrams: fault injection for benchmarks and
+    tests, since loopback itself loses nothing. Stream frames are never dropped."""
 
 
 def next_incarnation(data_dir: Path) -> int:
@@ -82,6 +85,18 @@ def write_state(data_dir: Path, incarnation: int) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps({"incarnation": incarnation}))
     os.replace(tmp, path)
+
+
+def _lossy(receive: Receiver, loss: float) -> Receiver:
+    if loss <= 0.0:
+        return receive
+    rng = random.Random()
+
+    def maybe_receive(src: Address, frame: bytes | bytearray, reliable: bool) -> None:
+        if reliable or rng.random() >= loss:
+            receive(src, frame, reliable)
+
+    return maybe_receive
 
 
 async def _execute_http(node: Node, http: aiohttp.ClientSession, call: HttpCall) -> None:
@@ -144,7 +159,7 @@ async def run_node(options: NodeOptions, ready: asyncio.Event | None = None) -> 
                 task.add_done_callback(tasks.discard)
 
         node.host.subscribe(on_event)
-        runtime.set_receiver(address, node.host.receive)
+        runtime.set_receiver(address, _lossy(node.host.receive, options.inject_loss))
         api_runner = web.AppRunner(build_app(node), access_log=None)
         await api_runner.setup()
         site = web.TCPSite(api_runner, options.api_host, options.api_port)

@@ -254,18 +254,21 @@ def run_swim_bench_cli(
     seed: int,
     bootstrap: str,
     fallback_ping: str,
-    processes: int | None,
+    processes: bool,
     json_path: str | None,
 ) -> None:
     """Entry point of ``deepgossip bench swim``."""
-    if runtime != "sim":
-        sys.exit(
-            f"bench swim --runtime {runtime}: not implemented in this build "
-            "(only --runtime sim is available)"
-        )
-    del processes  # meaningful for multi-process runtimes only
     if crash >= nodes:
         sys.exit("--crash must be smaller than --nodes")
+    if runtime == "asyncio":
+        if not processes:
+            sys.exit("bench swim --runtime asyncio needs --processes (one process per node)")
+        from deepgossip.experiments.bench_swim_processes import run_swim_processes, summary
+
+        result = run_swim_processes(nodes, crash, duration, seed, loss=loss)
+        print(summary(result))
+        _write(result, json_path)
+        return
     params = SwimBenchParams(
         nodes=nodes,
         loss=loss,
@@ -278,6 +281,10 @@ def run_swim_bench_cli(
     )
     result = run_swim_bench(params)
     print(_summary(result))
+    _write(result, json_path)
+
+
+def _write(result: dict[str, Any], json_path: str | None) -> None:
     if json_path:
         path = Path(json_path)
         path.parent.mkdir(parents=True, exist_ok=True)

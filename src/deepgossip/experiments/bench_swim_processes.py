@@ -76,8 +76,15 @@ def _percentile(values: list[float], q: float) -> float | None:
 
 
 def run_swim_processes(
-    nodes: int, crash: int, duration: float, seed: int, converge_timeout: float = 60.0
+    nodes: int,
+    crash: int,
+    duration: float,
+    seed: int,
+    loss: float = 0.0,
+    converge_timeout: float = 60.0,
 ) -> dict[str, Any]:
+    """Run the benchmark; ``loss`` drops that fraction of every node's incoming
+    datagrams (loopback itself loses none)."""
     if crash >= nodes:
         raise ValueError("--crash must be smaller than --nodes")
     rng = random.Random(seed)
@@ -125,6 +132,8 @@ def run_swim_processes(
                             "--secret-file",
                             str(secret),
                             "--print-events",
+                            "--inject-loss",
+                            str(loss),
                         ]
                     )
                 )
@@ -211,7 +220,7 @@ def run_swim_processes(
         "processes": True,
         "nodes": nodes,
         "crashes": crash,
-        "loss": 0.0,
+        "loss": loss,
         "convergence_s": converge_s,
         "detection": {
             "first_p50_s": _percentile(first, 50),
@@ -234,3 +243,22 @@ def run_swim_processes(
             "crypto": "AES-256-GCM + Ed25519",
         },
     }
+
+
+def summary(result: dict[str, Any]) -> str:
+    d = result["detection"]
+
+    def fmt(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.2f}"
+
+    return (
+        f"SWIM processes: {result['nodes']} nodes on loopback, {result['crashes']} SIGKILLed, "
+        f"loss {result['loss']:.0%}, converged in {result['convergence_s']:.1f} s\n"
+        f"  first detection p50 {fmt(d['first_p50_s'])} s\n"
+        f"  all survivors know  p50 {fmt(d['all_p50_s'])} s, max {fmt(d['all_max_s'])} s, "
+        f"undetected {d['undetected']}\n"
+        f"  false positives {result['false_positives']}\n"
+        f"  {result['messages_per_node_per_s']:.2f} msgs and "
+        f"{result['bytes_per_node_per_s']:.0f} B per node per s; "
+        f"wall {result['wall_seconds']:.0f} s"
+    )
