@@ -198,12 +198,26 @@ def test_suspicion_becomes_dead_and_is_broadcast() -> None:
     assert dead.member.node_id == victim.node_id
     assert dead.reason == "suspicion_timeout"
     assert rig.state(victim) == (MemberState.DEAD, 0)
-    # The verdict travels on later pings.
-    carried = [c for _, p in rig.pings() for c in p.updates if c.node == victim.node_id]
+    # The verdict travels on pings and on gossip pushes while it is news.
+    carriers = [s.message for _, s in rig.sends if isinstance(s.message, Ping | Gossip)]
+    carried = [c for m in carriers for c in m.updates if c.node == victim.node_id]
     assert {c.kind for c in carried} >= {SUSPECT, DEAD}
+    gossip = [(t, s.message) for t, s in rig.sends if isinstance(s.message, Gossip)]
+    assert any(c.kind == DEAD for _, m in gossip for c in m.updates)
     # Dead members are no longer probed.
     t_dead = next(t for t, e in rig.events if isinstance(e, MemberDead))
     assert all(p.target != victim.node_id for t, p in rig.pings() if t > t_dead + 0.5)
+
+
+def test_news_is_gossiped_quickly_and_gossip_stops_when_there_is_none() -> None:
+    rig = Rig(n=5)
+    victim = rig.peers[0]
+    rig.run(60, rig.healthy(dead={victim.node_id}))
+    t_dead = next(t for t, e in rig.events if isinstance(e, MemberDead))
+    gossip_times = [t for t, s in rig.sends if isinstance(s.message, Gossip)]
+    pushes_after = [t for t in gossip_times if t >= t_dead]
+    assert pushes_after and pushes_after[0] - t_dead < 0.25  # pushed at once, not on a probe
+    assert max(gossip_times) < t_dead + 10  # the retransmit budget runs out, then silence
 
 
 def test_probing_a_suspect_carries_the_suspicion_buddy_system() -> None:

@@ -84,8 +84,8 @@ def test_config_formulas_match_memberlist() -> None:
     assert cfg.retransmit_limit(100) == 12
     assert cfg.retransmit_limit(3) == 4
     low, high = cfg.suspicion_bounds(1000)
-    assert (low, high) == pytest.approx((6.0, 36.0))  # 2 * log10(1000) * 1 s, x6
-    assert cfg.suspicion_bounds(5)[0] == pytest.approx(2.0)  # log10 floored at 1
+    assert (low, high) == pytest.approx((4.5, 27.0))  # 1.5 * log10(1000) * 1 s, x6
+    assert cfg.suspicion_bounds(5)[0] == pytest.approx(1.5)  # log10 floored at 1
     assert cfg.push_pull_period(20) == 30.0
     assert cfg.push_pull_period(100) == 90.0
     assert cfg.push_pull_period(1000) == 180.0

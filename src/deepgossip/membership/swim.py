@@ -68,6 +68,7 @@ def _base_size(msg: Any) -> int:
 _PING_BASE = _base_size(Ping(SEQ_MODULUS - 1, bytes(NODE_ID_BYTES), (), True))
 _ACK_BASE = _base_size(Ack(SEQ_MODULUS - 1))
 _NACK_BASE = _base_size(Nack(SEQ_MODULUS - 1))
+_GOSSIP_BASE = _base_size(Gossip(()))
 
 
 @dataclass(slots=True)
@@ -128,6 +129,7 @@ class Swim:
         # Spread the first probe over one period: nodes started together must
         # not probe in lockstep.
         self._next_probe_at = now + rng.uniform(0.0, cfg.probe_interval)
+        self._next_gossip_at = now
         self._sync = StateSync(view, cfg, rng, self._timers, now)
 
     # ------------------------------------------------------------------ API --
@@ -214,6 +216,8 @@ class Swim:
             and probe.timeout_at < deadline
         ):
             deadline = probe.timeout_at
+        if len(self._broadcasts) and self._next_gossip_at < deadline and not self._view.leaving:
+            deadline = self._next_gossip_at
         timers = self._timers.next()
         return timers if timers < deadline else deadline
 
@@ -232,6 +236,8 @@ class Swim:
                 if self._probe is not None:
                     self._finish_probe(now, out)
                 self._start_probe(now, out)
+            if len(self._broadcasts) and now >= self._next_gossip_at:
+                self._gossip(now, out)
             view = self._view
             while (due := self._timers.pop_due(now)) is not None:
                 kind, key, _ = due
@@ -432,6 +438,18 @@ class Swim:
         out.append(Send(relay.origin, Nack(relay.origin_seq, updates)))
 
     # ---------------------------------------------------------- dissemination --
+
+    def _gossip(self, now: float, out: list[Effect]) -> None:
+        """Push queued news to a few random peers (see ``SwimConfig.gossip_interval``)."""
+        self._next_gossip_at = now + self.config.gossip_interval * (self.awareness.score + 1)
+        if self._view.leaving:
+            return
+        for peer in self._members.sample_live(self.config.gossip_nodes, self.rng):
+            updates = self._piggyback(self._budget - _GOSSIP_BASE)
+            if not updates:
+                break
+            out.append(Send(peer.address, Gossip(tuple(updates))))
+            self.stats["gossip_out"] += 1
 
     def _piggyback(self, budget: int, already: int = 0) -> list[Claim]:
         if not len(self._broadcasts):
