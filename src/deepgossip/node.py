@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from deepgossip.membership.config import SwimConfig
 from deepgossip.membership.events import NeedPeers
@@ -35,6 +35,9 @@ from deepgossip.tracker.registration import Registration
 from deepgossip.wire.envelope import FrameCodec
 from deepgossip.wire.identity import Identity, verify
 from deepgossip.wire.session import SessionKey
+
+if TYPE_CHECKING:
+    from deepgossip.learn.learner import Learner
 
 OPEN_SESSION_SECRET = "deepgossip/open-session/v1"
 """Key material of sessions without a join secret. Public by design: an open
@@ -73,6 +76,20 @@ class NodeSettings:
     @classmethod
     def from_session(cls, session: Session) -> NodeSettings:
         return cls(swim=SwimConfig(**session.section("swim")))
+
+
+@dataclass
+class UpdateStats:
+    """Counters of the model-update exchange, shown by ``/v1/status``.
+
+    The gossip and mixing layers increment them; they start at 0 so the API
+    reports the fields before those layers exist.
+    """
+
+    sent: int = 0
+    received: int = 0
+    rejected: int = 0
+    merged: int = 0
 
 
 class Node:
@@ -127,6 +144,10 @@ class Node:
             )
             self.host.add_core("tracker", _TrackerCore(self.tracker))
         self.host.subscribe(self._on_event)
+        # Learning (optional): the process that runs the node attaches a Learner;
+        # the API serves train/predict through it, status() reports it.
+        self.learner: Learner | None = None
+        self.update_stats = UpdateStats()
 
     @property
     def node_id(self) -> bytes:
@@ -187,6 +208,8 @@ class Node:
             },
             "dropped": {**wire.dropped, **host.dropped},
             "swim": dict(self.swim.stats),
+            "updates": asdict(self.update_stats),
+            "learning": self.learner.status() if self.learner is not None else None,
         }
 
 

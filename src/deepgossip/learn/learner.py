@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from deepgossip.learn.checkpoint import (
+    CHECKPOINT_FILE,
     Checkpoint,
     CheckpointError,
     check_model_state,
@@ -50,7 +51,7 @@ from deepgossip.learn.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from deepgossip.learn.datastore import DataLimits, DataStore, to_unit_float
+from deepgossip.learn.datastore import DATA_FILE, DataLimits, DataStore, to_unit_float
 from deepgossip.learn.models import build_model, model_names
 from deepgossip.learn.train import TrainConfig, make_optimizer, predict, train_steps
 
@@ -282,6 +283,22 @@ class Learner:
         self._x_hold, self._y_hold = empty_x, torch.zeros(0, dtype=torch.int64)
         if self.checkpoint_path is not None and self.checkpoint_path.exists():
             self._restore(self.checkpoint_path)
+
+    @classmethod
+    def open(cls, config: LearningConfig, data_dir: str | os.PathLike[str]) -> Learner:
+        """The learner of a node's data directory: its sample log and checkpoint.
+
+        Replays ``samples.dglog`` (with the configuration's limits, shape and
+        classes) and restores ``checkpoint.safetensors`` if present.
+        """
+        directory = Path(data_dir)
+        store = DataStore(
+            directory / DATA_FILE,
+            limits=config.limits,
+            sample_shape=store_sample_shape(config.input_shape),
+            num_classes=config.num_classes,
+        )
+        return cls(config, store, checkpoint_path=directory / CHECKPOINT_FILE)
 
     def _fresh(self) -> tuple[nn.Module, torch.optim.Optimizer, torch.Generator]:
         with torch.random.fork_rng(devices=[]):
