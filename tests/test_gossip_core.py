@@ -261,7 +261,9 @@ def test_ed25519_signatures_end_to_end() -> None:
             config=NO_AE,
         )
 
-    alice, bob, mallory = make(1, [B]), make(2, [A]), make(3, [B])
+    alice, bob = make(1, [B]), make(2, [A])
+    mallory_key = Ed25519PrivateKey.generate()
+    mallory_id = item_id_of(raw(mallory_key.public_key()))[:16]
     item_id, effects = alice.publish(b"weights", "update", 0.0)
     (push,) = sends(effects, Push)
     (event,) = delivered(bob.handle(A, push.message, 0.01))
@@ -269,14 +271,17 @@ def test_ed25519_signatures_end_to_end() -> None:
     # Mallory re-signs Alice's announcement with her own key but Alice's id/key...
     entry = push.message.entries[0]
     forged = replace(entry, kind="accusation", body=b"weights")
-    forged = replace(forged, signature=mallory._sign(ItemMeta.from_announcement(forged).digest()))
+    forged = replace(
+        forged, signature=mallory_key.sign(ItemMeta.from_announcement(forged).digest())
+    )
     other = make(4, [B])
     assert delivered(other.handle(C, Push((forged,)), 0.0)) == []
     # ...or claims her own id with Alice's key: both rejected.
-    stolen = replace(entry, origin=mallory.node_id)
+    stolen = replace(entry, origin=mallory_id)
     assert delivered(other.handle(C, Push((stolen,)), 0.0)) == []
     assert other.stats.dropped["bad_signature"] == 2
     assert item_id == entry.item_id
+    assert delivered(other.handle(C, Push((entry,)), 0.0))  # the genuine one passes
 
 
 def test_absurd_and_malformed_announcements_are_dropped() -> None:

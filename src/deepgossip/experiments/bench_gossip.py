@@ -198,6 +198,51 @@ def _summarise(per_item: list[dict[str, Any]], n: int, period: float) -> dict[st
 PASSES = 4
 """Rumour only, with anti-entropy, burst, inline bodies: progress is items x PASSES."""
 
+JOINER_NODES = 50
+JOINER_BACKLOG = 20
+"""Late-joiner scenario: 50 nodes hold a backlog of 20 items from each of them
+(1000 items, preloaded into every store), then a new node joins and catches up."""
+
+
+def _late_joiner_pass(settings: GossipBenchSettings) -> dict[str, Any]:
+    """How fast a new node catches up on a backlog, and from how many donors."""
+    n = min(settings.nodes, JOINER_NODES)
+    sim = GossipSim(n, seed=settings.seed, loss=settings.loss, config=settings.config(True))
+    rng = random.Random(settings.seed)
+    sim.run_for(settings.warmup)
+    ids = []
+    now = sim.net.now()
+    for _ in range(JOINER_BACKLOG):
+        for origin in sim.nodes:
+            body = rng.randbytes(settings.body_bytes)
+            item_id, _ = origin.core.publish(body, "model_update", now)  # no push: preload
+            meta = origin.core.store.get(item_id).meta  # type: ignore[union-attr]
+            for node in sim.nodes:
+                if node is not origin:
+                    node.core.store.put(meta, body, now)
+            ids.append(item_id)
+    sim.run_until_idle(now + 30)  # the origins' rumours die out on "Have"s
+    served_before = [node.core.stats.kind("model_update").bodies_served for node in sim.nodes]
+    t0 = sim.net.now()
+    joiner = sim.add_node()
+    done = sim.run_until_true(
+        lambda: all(joiner.core.has(i) for i in ids), t0 + settings.item_limit
+    )
+    served = [
+        node.core.stats.kind("model_update").bodies_served - before
+        for node, before in zip(sim.nodes, served_before, strict=False)
+    ]
+    return {
+        "nodes": n,
+        "backlog_items": len(ids),
+        "caught_up": done,
+        "seconds": sim.net.now() - t0,
+        "donors": sum(1 for x in served if x > 0),
+        "max_donor_share": max(served) / len(ids),
+        "joiner_messages_sent": dict(joiner.core.stats.sent),
+    }
+
+
 INLINE_BODY_BYTES = 512
 
 
@@ -222,7 +267,8 @@ def run_gossip_bench(
     1. rumour only (anti-entropy off): the residue the rumours leave;
     2. rumour + anti-entropy, items one at a time: the headline figures;
     3. the same items published at once (burst);
-    4. small bodies that ride inside the rumour (no pull).
+    4. small bodies that ride inside the rumour (no pull);
+    5. a late joiner catching up on a backlog of 1000 items (<= 50 nodes).
     """
     started = time.perf_counter()
     walls: dict[str, float] = {}
@@ -237,6 +283,9 @@ def run_gossip_bench(
     full = timed("with_anti_entropy", anti_entropy=True)
     burst = timed("burst", anti_entropy=True, burst=True)
     inline = timed("inline_body", anti_entropy=True, body_bytes=INLINE_BODY_BYTES)
+    t = time.perf_counter()
+    joiner = _late_joiner_pass(settings)
+    walls["late_joiner"] = time.perf_counter() - t
     n = settings.nodes
     bound = math.log2(n) + math.log(n) + 2
     config = settings.config(anti_entropy=True)
@@ -260,6 +309,7 @@ def run_gossip_bench(
         "rumour_only": _headline(rumour_only),
         "burst": _headline(burst),
         "inline_body": _headline(inline),
+        "late_joiner": joiner,
         "targets": {
             "p99_rounds_bound": bound,
             "p99_within_bound": (full["rounds_to_max"]["p99"] or math.inf) <= bound,
