@@ -207,6 +207,14 @@ def test_token_required_except_health(api: Api) -> None:
     assert (api.data_dir / "api-token").stat().st_mode & 0o777 == 0o600
 
 
+def test_client_rereads_a_rotated_token_file(api: Api) -> None:
+    token_file = api.data_dir / "api-token"
+    token_file.write_text("stale-token-of-a-previous-run\n")
+    client = Client(api.url, token_file=token_file)
+    token_file.write_text(api.token + "\n")  # what a restarted node does
+    assert client.status()["ok"]
+
+
 def test_second_application_is_refused(api: Api, digits: Dataset) -> None:
     first, second = api.client("app-a"), api.client("app-b")
     first.train(digits.train_images[:5], digits.train_labels[:5])

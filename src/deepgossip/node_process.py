@@ -18,11 +18,12 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
 
+from deepgossip.api.auth import APP_FILE, TOKEN_FILE, ApiAuth, write_token
 from deepgossip.api.server import build_app
 from deepgossip.membership.events import (
     MemberAlive,
@@ -37,6 +38,9 @@ from deepgossip.node import Node
 from deepgossip.session import Session
 from deepgossip.tracker.client import HttpCall
 from deepgossip.wire.identity import Identity
+
+if TYPE_CHECKING:
+    from deepgossip.learn.learner import LearnerService
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +114,21 @@ async def _execute_http(node: Node, http: aiohttp.ClientSession, call: HttpCall)
     node.tracker_result(call, ok, body)
 
 
+async def _start_learning(node: Node, data_dir: Path) -> LearnerService | None:
+    """With a ``[learning]`` section: open the learner (replaying the sample log,
+    restoring the checkpoint) and start its rounds. torch is imported only here,
+    so nodes that do not learn stay light."""
+    if "learning" not in node.session.sections:
+        return None
+    from deepgossip.learn.learner import LearnerService, LearningConfig
+
+    service = await LearnerService.start(
+        LearningConfig.from_section(node.session.section("learning")), data_dir
+    )
+    node.learner = service.learner
+    return service
+
+
 async def run_node(options: NodeOptions, ready: asyncio.Event | None = None) -> None:
     options.data_dir.mkdir(parents=True, exist_ok=True)
     identity = Identity.load_or_create(options.data_dir)
@@ -140,6 +159,7 @@ async def run_node(options: NodeOptions, ready: asyncio.Event | None = None) -> 
             api_address=(options.api_host, options.api_port) if options.api_port else None,
         )
         tasks: set[asyncio.Task[None]] = set()
+        learning = await _start_learning(node, options.data_dir)
 
         def on_event(event: Any) -> None:
             if options.print_events and isinstance(event, _MEMBER_EVENTS):
@@ -160,7 +180,8 @@ async def run_node(options: NodeOptions, ready: asyncio.Event | None = None) -> 
 
         node.host.subscribe(on_event)
         runtime.set_receiver(address, _lossy(node.host.receive, options.inject_loss))
-        api_runner = web.AppRunner(build_app(node), access_log=None)
+        auth = ApiAuth(write_token(options.data_dir), options.data_dir / APP_FILE)
+        api_runner = web.AppRunner(build_app(node, auth=auth), access_log=None)
         await api_runner.setup()
         site = web.TCPSite(api_runner, options.api_host, options.api_port)
         await site.start()
@@ -174,6 +195,8 @@ async def run_node(options: NodeOptions, ready: asyncio.Event | None = None) -> 
                     "address": list(address),
                     "api": [options.api_host, api_port],
                     "incarnation": incarnation,
+                    "api_token_file": str(options.data_dir / TOKEN_FILE),
+                    "learning": learning is not None,
                 }
             ),
             flush=True,
@@ -190,4 +213,6 @@ async def run_node(options: NodeOptions, ready: asyncio.Event | None = None) -> 
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await api_runner.cleanup()
+            if learning is not None:
+                await learning.stop()  # after the API: no sample arrives mid-shutdown
     print(json.dumps({"event": "stopped", "id": identity.node_id.hex()}), flush=True)

@@ -25,6 +25,7 @@ not across restarts either) gives the local accuracy the status reports.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -57,6 +58,7 @@ from deepgossip.learn.train import TrainConfig, make_optimizer, predict, train_s
 
 __all__ = [
     "Learner",
+    "LearnerService",
     "LearningConfig",
     "RoundStats",
     "holdout_mask",
@@ -277,6 +279,7 @@ class Learner:
         self.last_round: RoundStats | None = None
         self.checkpoint_version: int | None = None
         self.training = False
+        self._interrupt = threading.Event()
         self._seen = 0
         empty_x = torch.zeros((0, *config.input_shape))
         self._x_train, self._y_train = empty_x, torch.zeros(0, dtype=torch.int64)
@@ -374,8 +377,11 @@ class Learner:
             return self._stats(0, None, time.perf_counter() - start, idle=True)
         self.training = True
         try:
-            total = 0.0
+            total, done = 0.0, 0
             for _ in range(steps):
+                if self._interrupt.is_set():  # shutting down: end the round early
+                    break
+                done += 1
                 with self._lock:  # per step: a predict or a merge waits one step at most
                     total += train_steps(
                         self.model,
@@ -386,15 +392,21 @@ class Learner:
                         self.config.batch_size,
                         self.generator,
                     )
+            if done == 0:
+                return self._stats(0, None, time.perf_counter() - start, idle=True)
             with self._lock:
-                self.steps += steps
+                self.steps += done
                 self.rounds += 1
                 self.model_version += 1
                 self._evaluate_locked()
         finally:
             self.training = False
-        self.last_round = self._stats(steps, total / steps, time.perf_counter() - start)
+        self.last_round = self._stats(done, total / done, time.perf_counter() - start)
         return self.last_round
+
+    def interrupt(self) -> None:
+        """Make the running round (and any later one) stop after its current step."""
+        self._interrupt.set()
 
     def _stats(
         self, steps: int, loss: float | None, seconds: float, idle: bool = False
@@ -584,3 +596,89 @@ def _clone_state(state: dict[str, Any]) -> dict[str, Any]:
 
 def _json_copy(value: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(value, allow_nan=False))
+
+
+class LearnerService:
+    """Runs a node's learner from its event loop: rounds on a clock, in one thread.
+
+    Rounds start every ``round_interval`` seconds, scheduled against the loop's
+    clock (a late round starts at once and the missed ticks are skipped, never
+    queued up). Each round runs in the learner's single worker thread, so the
+    event loop only awaits a future. A checkpoint follows every
+    ``checkpoint_every``-th round, in the same thread, and :meth:`stop` saves
+    a last one, so a clean shutdown loses nothing and a SIGKILL loses at most
+    the rounds since the last checkpoint (the samples are in the data store).
+    """
+
+    def __init__(self, learner: Learner, executor: ThreadPoolExecutor) -> None:
+        self.learner = learner
+        self._executor = executor
+        self._task: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def start(
+        cls, config: LearningConfig, data_dir: str | os.PathLike[str]
+    ) -> LearnerService:
+        """Open the learner of ``data_dir`` (in the worker thread) and start its rounds."""
+        loop = asyncio.get_running_loop()
+        executor = learner_executor()
+        learner = await loop.run_in_executor(executor, Learner.open, config, data_dir)
+        await loop.run_in_executor(executor, learner.evaluate)  # accuracy from the start
+        service = cls(learner, executor)
+        service._task = loop.create_task(service._run(), name="learner-rounds")
+        return service
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval = self.learner.config.round_interval
+        next_at = loop.time() + interval
+        while True:
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+            await loop.run_in_executor(self._executor, self._round)
+            next_at = max(next_at + interval, loop.time())
+
+    def _round(self) -> None:
+        """One round and, when due, a checkpoint (worker thread). Never raises: a
+        failed round is logged and the next one tries again."""
+        learner = self.learner
+        try:
+            stats = learner.train_round()
+            if not stats.idle:
+                log.info(
+                    "round %d: %d steps, loss %.4f, held-out accuracy %s",
+                    stats.round,
+                    stats.steps,
+                    stats.loss,
+                    stats.holdout_accuracy,
+                )
+                if (
+                    learner.checkpoint_path
+                    and learner.rounds % learner.config.checkpoint_every == 0
+                ):
+                    learner.save_checkpoint()
+        except Exception:
+            log.exception("training round failed")
+
+    def _final_checkpoint(self) -> None:
+        learner = self.learner
+        if (
+            learner.checkpoint_path is not None
+            and learner.checkpoint_version != learner.model_version
+        ):
+            try:
+                learner.save_checkpoint()
+            except Exception:
+                log.exception("final checkpoint failed")
+
+    async def stop(self) -> None:
+        """Stop the rounds (a running one ends after its step), checkpoint, close."""
+        self.learner.interrupt()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        loop = asyncio.get_running_loop()
+        # Same single thread: runs after the interrupted round has finished.
+        await loop.run_in_executor(self._executor, self._final_checkpoint)
+        self._executor.shutdown(wait=True)
+        if self.learner.store is not None:
+            self.learner.store.close()
