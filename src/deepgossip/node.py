@@ -19,21 +19,24 @@ driven by the events the cores emit.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from deepgossip.gossip.config import GossipConfig
+from deepgossip.gossip.rumor import RumorCore
 from deepgossip.membership.config import SwimConfig
 from deepgossip.membership.events import NeedPeers
 from deepgossip.membership.signing import SwimIdentity
 from deepgossip.membership.swim import Swim
 from deepgossip.net.host import Host
 from deepgossip.net.runtime import Address, Runtime
-from deepgossip.session import Session
+from deepgossip.session import Session, SessionError
 from deepgossip.tracker.client import PeersFound, TrackerClient
 from deepgossip.tracker.registration import Registration
 from deepgossip.wire.envelope import FrameCodec
-from deepgossip.wire.identity import Identity, verify
+from deepgossip.wire.identity import Identity, node_id_of, verify
 from deepgossip.wire.session import SessionKey
 
 if TYPE_CHECKING:
@@ -47,6 +50,11 @@ session's frames are authenticated against corruption, not confidential."""
 def session_key(session: Session, secret: str | None) -> SessionKey:
     """The session key: from the join secret, or the public one of open sessions."""
     return SessionKey.derive(secret or OPEN_SESSION_SECRET, session.session_id)
+
+
+def _verify_origin(node_id: bytes, public_key: bytes, signature: bytes, data: bytes) -> bool:
+    """An item's signature is valid only under the key its origin id hashes from."""
+    return node_id_of(public_key) == node_id and verify(public_key, signature, data)
 
 
 def swim_identity(identity: Identity) -> SwimIdentity:
@@ -72,10 +80,17 @@ class NodeSettings:
     """Protocol settings every node of a session shares (from the session file)."""
 
     swim: SwimConfig = field(default_factory=SwimConfig)
+    gossip: GossipConfig = field(default_factory=GossipConfig)
 
     @classmethod
     def from_session(cls, session: Session) -> NodeSettings:
-        return cls(swim=SwimConfig(**session.section("swim")))
+        try:
+            return cls(
+                swim=SwimConfig(**session.section("swim")),
+                gossip=GossipConfig(**session.section("gossip")),
+            )
+        except TypeError as exc:  # an unknown key in [swim] or [gossip]
+            raise SessionError(f"session {session.session_id!r}: {exc}") from exc
 
 
 @dataclass
@@ -129,11 +144,24 @@ class Node:
             incarnation=incarnation,
         )
         self.host.add_core("swim", self.swim)
+        clock = wall_clock or time.time
+        self.gossip = RumorCore(
+            node_id=identity.node_id,
+            public_key=identity.public_key_bytes,
+            sign=identity.sign,
+            verify=_verify_origin,
+            peers=lambda: [m.address for m in self.swim.live_members()],
+            rng=random.Random(self._rng.getrandbits(64)),
+            config=self.settings.gossip,
+            now=runtime.now(),
+            # Items are numbered per origin and peers refuse old numbers, so a
+            # restarted node must start above everything it published before:
+            # milliseconds of the wall clock do that without persisted state.
+            first_seq=max(1, int(clock() * 1000)),
+        )
+        self.host.add_core("gossip", self.gossip)
         self.tracker: TrackerClient | None = None
         if session.trackers:
-            import time
-
-            clock = wall_clock or time.time
             self.tracker = TrackerClient(
                 list(session.trackers),
                 lambda: Registration.create(
@@ -157,6 +185,12 @@ class Node:
         self.host.start()
         if seeds:
             self.host.execute(self.swim.join(list(seeds), self.host.runtime.now()))
+
+    def publish(self, body: bytes, kind: str) -> bytes:
+        """Spread ``body`` to every node of the session as a signed item; its id."""
+        item_id, effects = self.gossip.publish(body, kind, self.host.runtime.now())
+        self.host.execute(effects)
+        return item_id
 
     def leave(self) -> None:
         """Tell peers we are leaving (``left``, not dead); keep serving briefly."""
@@ -208,6 +242,13 @@ class Node:
             },
             "dropped": {**wire.dropped, **host.dropped},
             "swim": dict(self.swim.stats),
+            "gossip": {
+                "items": len(self.gossip.store),
+                "hot": self.gossip.hot_count,
+                "sent": dict(self.gossip.stats.sent),
+                "received": dict(self.gossip.stats.received),
+                "dropped": dict(self.gossip.stats.dropped),
+            },
             "updates": asdict(self.update_stats),
             "learning": self.learner.status() if self.learner is not None else None,
         }
