@@ -86,11 +86,18 @@ class BroadcastQueue:
             del self._by_node[item.key[0]]
         self._count -= 1
 
-    def take(self, budget: int, limit: int, max_items: int) -> list[Claim]:
+    def has_fresh(self, below: int) -> bool:
+        """True if a queued claim was transmitted fewer than ``below`` times."""
+        return any(self._buckets[: max(0, below)])
+
+    def take(
+        self, budget: int, limit: int, max_items: int, fresh_below: int | None = None
+    ) -> list[Claim]:
         """Claims for one message: at most ``budget`` encoded bytes, ``max_items``.
 
         Each returned claim counts one transmission; claims reaching ``limit``
-        transmissions leave the queue.
+        transmissions leave the queue. With ``fresh_below``, only claims sent
+        fewer times than that are taken.
         """
         if not self._count or budget < MIN_CLAIM_SIZE or max_items <= 0:
             return []
@@ -102,7 +109,7 @@ class BroadcastQueue:
             del buckets[limit:]
         taken: list[_Item] = []
         remaining = budget
-        for bucket in buckets:
+        for bucket in buckets if fresh_below is None else buckets[:fresh_below]:
             if not bucket:
                 continue
             for item in reversed(bucket.values()):

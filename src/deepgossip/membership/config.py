@@ -67,15 +67,22 @@ class SwimConfig:
     ~30 of the smallest updates, so a longer list is malformed or hostile."""
 
     gossip_interval: float = 0.2
-    """While membership news is queued, push it to ``gossip_nodes`` random peers
-    this often, on top of piggybacking on probes. Probe traffic alone spreads a
-    death in ~log2(n) probe periods (seconds at n = 20); five pushes a second
-    cut that to a fraction of a second. No news, no gossip messages: the cost is
-    paid only during churn, and stays constant per node as n grows (memberlist's
-    LAN default)."""
+    """While fresh membership news is queued, push it to ``gossip_nodes`` random
+    peers this often, on top of piggybacking on probes. Probe traffic alone
+    spreads a death in ~log2(n) probe periods (seconds at n = 20); pushes cut
+    that to a fraction of a second (memberlist's LAN default)."""
 
     gossip_nodes: int = 3
     """Peers per gossip push (memberlist's LAN default)."""
+
+    gossip_transmits: int = 3
+    """A claim is pushed only while this node has sent it fewer times than this
+    (so about once, to ``gossip_nodes`` peers); its remaining retransmissions
+    ride free on probes. Unlike memberlist, which pushes until the retransmit
+    limit, this keeps extra messages per news item constant per node: the rate
+    of news grows with n (more members, more refuted suspicions), and pushing
+    each item lambda*log(n) times made messages per node 1.3x higher at n = 1000
+    than at n = 100 (measured, docs/membership.md)."""
 
     # -- suspicion (Lifeguard) ---------------------------------------------------
     suspicion_mult: float = 1.5

@@ -216,7 +216,11 @@ class Swim:
             and probe.timeout_at < deadline
         ):
             deadline = probe.timeout_at
-        if len(self._broadcasts) and self._next_gossip_at < deadline and not self._view.leaving:
+        if (
+            self._next_gossip_at < deadline
+            and not self._view.leaving
+            and self._broadcasts.has_fresh(self.config.gossip_transmits)
+        ):
             deadline = self._next_gossip_at
         timers = self._timers.next()
         return timers if timers < deadline else deadline
@@ -236,7 +240,9 @@ class Swim:
                 if self._probe is not None:
                     self._finish_probe(now, out)
                 self._start_probe(now, out)
-            if len(self._broadcasts) and now >= self._next_gossip_at:
+            if now >= self._next_gossip_at and self._broadcasts.has_fresh(
+                self.config.gossip_transmits
+            ):
                 self._gossip(now, out)
             view = self._view
             while (due := self._timers.pop_due(now)) is not None:
@@ -444,15 +450,20 @@ class Swim:
         self._next_gossip_at = now + self.config.gossip_interval * (self.awareness.score + 1)
         if self._view.leaving:
             return
+        fresh = self.config.gossip_transmits
         for peer in self._members.sample_live(self.config.gossip_nodes, self.rng):
-            updates = self._piggyback(self._budget - _GOSSIP_BASE)
+            updates = self._piggyback(self._budget - _GOSSIP_BASE, fresh_below=fresh)
             if not updates:
                 break
             out.append(Send(peer.address, Gossip(tuple(updates))))
             self.stats["gossip_out"] += 1
 
-    def _piggyback(self, budget: int, already: int = 0) -> list[Claim]:
+    def _piggyback(
+        self, budget: int, already: int = 0, fresh_below: int | None = None
+    ) -> list[Claim]:
         if not len(self._broadcasts):
             return []
         limit = self.config.retransmit_limit(self._members.live_count + 1)
-        return self._broadcasts.take(budget, limit, self.config.max_piggyback - already)
+        return self._broadcasts.take(
+            budget, limit, self.config.max_piggyback - already, fresh_below
+        )
