@@ -203,3 +203,4 @@ def test_integer_pixels_in_range_become_bytes() -> None:
     assert out.dtype == np.uint8
     out = check_inputs(np.array([[0.0, 0.5, 1.0, 0.25]]), (2, 2))
     assert out.dtype == np.float32 and out.shape == (1, 2, 2)
+    assert check_inputs(np.zeros((3, 1, 2, 2), np.uint8), (2, 2)).shape == (3, 2, 2)

@@ -163,11 +163,9 @@ async def _train(request: web.Request) -> web.Response:
     batch = await _parse(request, learner, with_labels=True)
     loop = asyncio.get_running_loop()
 
-    def validate_and_append() -> tuple[int, int]:
-        images, labels = store.validate(batch.inputs, batch.labels)
-        return len(labels), store.append(images, labels)  # fsync-ed on return
-
-    accepted, total = await loop.run_in_executor(None, validate_and_append)
+    # append() validates the whole batch first and returns after the fsync.
+    total = await loop.run_in_executor(None, store.append, batch.inputs, batch.labels)
+    accepted = len(batch.inputs)
     return web.json_response({"ok": True, "accepted": accepted, "samples": total})
 
 

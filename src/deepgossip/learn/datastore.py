@@ -115,7 +115,8 @@ def check_inputs(images: Any, sample_shape: Sequence[int] | None) -> np.ndarray:
     Accepted: uint8 values (0..255 by construction), integer arrays whose values
     lie in 0..255 (JSON integers arrive as int64), or floats in [0, 1] (float64 is
     narrowed to float32). ``sample_shape`` (if known) fixes the shape of one
-    sample; a batch flattened to ``(n, prod(sample_shape))`` is reshaped to it.
+    sample; a batch flattened to ``(n, prod(sample_shape))``, or with an explicit
+    single channel ``(n, 1, *sample_shape)``, is reshaped to it.
     """
     arr = _as_array(images, "inputs")
     if arr.ndim >= 1 and arr.shape[0] == 0:
@@ -128,7 +129,7 @@ def check_inputs(images: Any, sample_shape: Sequence[int] | None) -> np.ndarray:
         )
     if sample_shape is not None:
         shape = tuple(int(d) for d in sample_shape)
-        if arr.shape[1:] == (math.prod(shape),) and len(shape) > 1:
+        if arr.shape[1:] in ((math.prod(shape),), (1, *shape)):  # flat, or with C = 1
             arr = arr.reshape((arr.shape[0], *shape))
         if arr.shape[1:] != shape:
             flat = math.prod(shape)

@@ -266,6 +266,7 @@ class Learner:
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
         self._lock = threading.RLock()
         self._save_lock = threading.Lock()
+        self._sync_lock = threading.Lock()
         self._sample_shape = store_sample_shape(config.input_shape)
         self.model, self.optimizer, self.generator = self._fresh()
         self.model_version = 0
@@ -337,23 +338,24 @@ class Learner:
         """Take samples the store gained since the last call; return how many."""
         if self.store is None:
             return 0
-        start = self._seen
-        images, labels = self.store.read(start)
-        n = len(labels)
-        if n == 0:
-            return 0
-        x = torch.from_numpy(images.reshape((n, *self.config.input_shape)))
-        y = torch.from_numpy(labels)
-        hold = torch.from_numpy(
-            holdout_mask(start, n, self.config.holdout_fraction, self.config.seed)
-        )
-        with self._lock:
-            self._x_train = torch.cat([self._x_train, x[~hold]])
-            self._y_train = torch.cat([self._y_train, y[~hold]])
-            self._x_hold = torch.cat([self._x_hold, x[hold]])
-            self._y_hold = torch.cat([self._y_hold, y[hold]])
-            self._seen = start + n
-        return n
+        with self._sync_lock:  # one reader at a time: each sample is taken once
+            start = self._seen
+            images, labels = self.store.read(start)
+            n = len(labels)
+            if n == 0:
+                return 0
+            x = torch.from_numpy(images.reshape((n, *self.config.input_shape)))
+            y = torch.from_numpy(labels)
+            hold = torch.from_numpy(
+                holdout_mask(start, n, self.config.holdout_fraction, self.config.seed)
+            )
+            with self._lock:
+                self._x_train = torch.cat([self._x_train, x[~hold]])
+                self._y_train = torch.cat([self._y_train, y[~hold]])
+                self._x_hold = torch.cat([self._x_hold, x[hold]])
+                self._y_hold = torch.cat([self._y_hold, y[hold]])
+                self._seen = start + n
+            return n
 
     @property
     def train_samples(self) -> int:
