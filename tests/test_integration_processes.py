@@ -13,12 +13,13 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from deepgossip.api.client import ApiError, Client
 
 pytestmark = pytest.mark.integration
 
@@ -36,11 +37,6 @@ def _first_line(proc: subprocess.Popen[str], timeout: float = 20.0) -> str:
             break
         time.sleep(0.05)
     raise AssertionError(f"process printed nothing (exit {proc.poll()})")
-
-
-def _get(url: str) -> dict[str, Any]:
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return json.loads(response.read())
 
 
 def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
@@ -108,13 +104,15 @@ def test_tracker_bootstrap_failure_detection_and_clean_leave(
         )
         processes.append(proc)
         info = json.loads(_first_line(proc))
-        info["api_url"] = f"http://{info['api'][0]}:{info['api'][1]}"
+        info["client"] = Client(
+            f"http://{info['api'][0]}:{info['api'][1]}",
+            token_file=tmp_path / f"node{i}" / "api-token",
+        )
         nodes.append((proc, info))
     ids = {info["id"] for _, info in nodes}
 
     def states(info: dict[str, Any]) -> dict[str, str]:
-        members = _get(f"{info['api_url']}/v1/members")["members"]
-        return {m["id"]: m["state"] for m in members}
+        return {m["id"]: m["state"] for m in info["client"].members()}
 
     def converged() -> bool:
         return all(
@@ -137,8 +135,11 @@ def test_tracker_bootstrap_failure_detection_and_clean_leave(
     for _, info in survivors:  # no false positives among the living
         live = {k for k, v in states(info).items() if v == "alive"}
         assert live == ids - {info["id"], victim["id"]}
-        status = _get(f"{info['api_url']}/v1/status")
+        status = info["client"].status()
         assert status["members"]["live"] == 2
+        with pytest.raises(ApiError) as refused:  # the API needs the node's token
+            Client(info["client"].base_url, token="wrong").members()
+        assert refused.value.status == 401
 
     leaver_proc, leaver = survivors[0]
     leaver_proc.send_signal(signal.SIGTERM)

@@ -25,12 +25,13 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from deepgossip.api.client import Client
 
 CLI = [sys.executable, "-m", "deepgossip.cli"]
 
@@ -64,11 +65,6 @@ def _spawn(args: list[str]) -> _Proc:
     handle = _Proc(proc)
     threading.Thread(target=handle.pump, daemon=True).start()
     return handle
-
-
-def _get(url: str) -> dict[str, Any]:
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return json.loads(response.read())
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -141,10 +137,17 @@ def run_swim_processes(
                 if not handle.started.wait(30):
                     raise RuntimeError("a node process did not start")
             ids = [h.info["id"] for h in handles]
-            apis = [f"http://{h.info['api'][0]}:{h.info['api'][1]}" for h in handles]
+            apis = [
+                Client(
+                    f"http://{h.info['api'][0]}:{h.info['api'][1]}",
+                    token_file=Path(tmp) / f"n{i}" / "api-token",
+                    timeout=5,
+                )
+                for i, h in enumerate(handles)
+            ]
 
-            def live_view(api: str) -> set[str]:
-                members = _get(f"{api}/v1/members")["members"]
+            def live_view(api: Client) -> set[str]:
+                members = api.members()
                 return {m["id"] for m in members if m["state"] == "alive"}
 
             t0 = time.monotonic()
@@ -156,7 +159,7 @@ def run_swim_processes(
                 time.sleep(0.25)
             converge_s = time.monotonic() - t0
 
-            traffic_before = [_get(f"{api}/v1/status")["traffic"] for api in apis]
+            traffic_before = [api.status()["traffic"] for api in apis]
             t_traffic = time.monotonic()
             victims = sorted(rng.sample(range(nodes), crash))
             kill_time = time.time()
@@ -164,7 +167,7 @@ def run_swim_processes(
                 handles[v].proc.send_signal(signal.SIGKILL)
             survivors = [i for i in range(nodes) if i not in victims]
             time.sleep(duration)
-            traffic_after = {i: _get(f"{apis[i]}/v1/status")["traffic"] for i in survivors}
+            traffic_after = {i: apis[i].status()["traffic"] for i in survivors}
             traffic_s = time.monotonic() - t_traffic
         finally:
             for handle in handles:
