@@ -15,7 +15,8 @@ answers with ``Send`` effects and membership events. What it does each period:
    declared **dead**. A suspected member that hears of it **refutes** with a
    higher incarnation, which overrides the suspicion everywhere.
 3. **Gossip** rides on the probe traffic: every datagram piggybacks the queued
-   claims (fewest-sent first, transmit-limited, byte-budgeted).
+   claims (fewest-sent first, transmit-limited, byte-budgeted); fresh claims are
+   also pushed to a few peers at once (``SwimConfig.gossip_interval``).
 4. **Push-pull** exchanges the full view with a random member every ~30 s over
    the stream transport, and with a random *dead* member now and then (Serf's
    reconnect), which is what heals partitions.
