@@ -6,6 +6,8 @@ for ``import torch`` (seconds of CPU) when the user only wants the tracker.
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 
@@ -95,6 +97,44 @@ def bench_swim(**options: object) -> None:
     from deepgossip.experiments.bench_swim import run_swim_bench_cli
 
     run_swim_bench_cli(**options)  # type: ignore[arg-type]
+
+
+@bench.command("learning")
+@click.option("--nodes", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option(
+    "--dataset",
+    type=click.Choice(["mnist", "fashion-mnist", "mnist-5k", "digits"]),
+    default="mnist",
+    show_default=True,
+)
+@click.option(
+    "--model", type=click.Choice(["logreg", "mlp", "cnn"]), default="cnn", show_default=True
+)
+@click.option(
+    "--partition",
+    type=click.Choice(["iid", "dirichlet", "shards", "unbalanced", "disjoint"]),
+    default="iid",
+    show_default=True,
+)
+@click.option("--alpha", type=float, default=0.5, show_default=True, help="Dirichlet alpha.")
+@click.option("--runtime", type=click.Choice(["sim"]), default="sim", show_default=True)
+@click.option(
+    "--rule",
+    type=click.Choice(["gosgd", "average", "trust", "none"]),
+    default="gosgd",
+    show_default=True,
+)
+@click.option("--theta-u", type=click.FloatRange(0.0, 1.0, min_open=True), default=1.0)
+@click.option("--rounds", type=click.IntRange(min=1), default=80, show_default=True)
+@click.option("--steps-per-round", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
+def bench_learning(**options: Any) -> None:
+    """Nodes learning together over the network (simulated runtime)."""
+    from deepgossip.experiments.learning_sim import run_learning_cli
+
+    run_learning_cli(**options)
 
 
 @main.command()
