@@ -6,9 +6,12 @@ for ``import torch`` (seconds of CPU) when the user only wants the tracker.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 @click.group()
@@ -17,29 +20,46 @@ def main() -> None:
     """DeepGossip: peer-to-peer collaborative deep learning over gossip."""
 
 
+def _learning_setup(partitions: list[str]) -> Callable[[F], F]:
+    """--dataset, --model, --nodes, --partition, --alpha: shared by learning benchmarks."""
+
+    def decorate(command: F) -> F:
+        for option in reversed(
+            [
+                click.option(
+                    "--dataset",
+                    type=click.Choice(["mnist", "fashion-mnist", "mnist-5k", "digits"]),
+                    default="mnist",
+                    show_default=True,
+                ),
+                click.option(
+                    "--model",
+                    type=click.Choice(["logreg", "mlp", "cnn"]),
+                    default="cnn",
+                    show_default=True,
+                ),
+                click.option("--nodes", type=click.IntRange(min=1), default=10, show_default=True),
+                click.option(
+                    "--partition", type=click.Choice(partitions), default="iid", show_default=True
+                ),
+                click.option(
+                    "--alpha", type=float, default=0.5, show_default=True, help="Dirichlet alpha."
+                ),
+            ]
+        ):
+            command = option(command)
+        return command
+
+    return decorate
+
+
 @main.group()
 def bench() -> None:
     """Benchmarks that write JSON results (see docs/benchmarks.md)."""
 
 
 @bench.command("baseline")
-@click.option(
-    "--dataset",
-    type=click.Choice(["mnist", "fashion-mnist", "mnist-5k", "digits"]),
-    default="mnist",
-    show_default=True,
-)
-@click.option(
-    "--model", type=click.Choice(["logreg", "mlp", "cnn"]), default="cnn", show_default=True
-)
-@click.option("--nodes", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option(
-    "--partition",
-    type=click.Choice(["iid", "dirichlet", "shards", "unbalanced"]),
-    default="iid",
-    show_default=True,
-)
-@click.option("--alpha", type=float, default=0.5, show_default=True, help="Dirichlet alpha.")
+@_learning_setup(["iid", "dirichlet", "shards", "unbalanced"])
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Default per model.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True)
@@ -100,23 +120,7 @@ def bench_swim(**options: object) -> None:
 
 
 @bench.command("learning")
-@click.option("--nodes", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option(
-    "--dataset",
-    type=click.Choice(["mnist", "fashion-mnist", "mnist-5k", "digits"]),
-    default="mnist",
-    show_default=True,
-)
-@click.option(
-    "--model", type=click.Choice(["logreg", "mlp", "cnn"]), default="cnn", show_default=True
-)
-@click.option(
-    "--partition",
-    type=click.Choice(["iid", "dirichlet", "shards", "unbalanced", "disjoint"]),
-    default="iid",
-    show_default=True,
-)
-@click.option("--alpha", type=float, default=0.5, show_default=True, help="Dirichlet alpha.")
+@_learning_setup(["iid", "dirichlet", "shards", "unbalanced", "disjoint"])
 @click.option("--runtime", type=click.Choice(["sim"]), default="sim", show_default=True)
 @click.option(
     "--rule",

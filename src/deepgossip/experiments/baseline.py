@@ -24,7 +24,7 @@ import torch
 
 from deepgossip.learn.data import load_dataset, to_tensors
 from deepgossip.learn.models import build_model, count_parameters
-from deepgossip.learn.partition import partition
+from deepgossip.learn.partition import cli_options, partition
 from deepgossip.learn.train import DEFAULT_TRAIN, TrainConfig, evaluate, train_epochs
 
 CURVE_SUBSET = 2000
@@ -51,11 +51,7 @@ Progress = Callable[[str], None]
 
 
 def _partition_options(settings: BaselineSettings) -> dict[str, Any]:
-    if settings.partition == "dirichlet":
-        return {"alpha": settings.alpha}
-    if settings.partition == "shards":
-        return {"classes_per_node": 2}
-    return {}
+    return cli_options(settings.partition, alpha=settings.alpha)
 
 
 def _train_and_score(

@@ -29,7 +29,7 @@ from deepgossip.learn.exchange import UpdateExchange, UpdateReceived
 from deepgossip.learn.mixing import MixingConfig, MixingRule, make_rule
 from deepgossip.learn.models import build_model
 from deepgossip.learn.params import assign, flatten
-from deepgossip.learn.partition import partition
+from deepgossip.learn.partition import cli_options, partition
 from deepgossip.learn.sharing import Sharer, SharingConfig, UpdateRejected
 from deepgossip.learn.train import TrainConfig, accuracy, evaluate, make_optimizer, train_steps
 from deepgossip.net.sim import LinkModel, SimNetwork
@@ -78,14 +78,6 @@ class _Peer:
     rejected: int = 0
     merged: int = 0
     round: int = 0
-
-
-def _partition_options(settings: LearningSimSettings) -> dict[str, Any]:
-    if settings.partition == "dirichlet":
-        return {"alpha": settings.alpha}
-    if settings.partition in ("shards", "disjoint"):
-        return {"classes_per_node": 2}
-    return {}
 
 
 def _train_config(settings: LearningSimSettings) -> TrainConfig:
@@ -138,7 +130,7 @@ def run_learning_sim(
         data.train_labels,
         settings.nodes,
         settings.seed,
-        **_partition_options(settings),
+        **cli_options(settings.partition, alpha=settings.alpha),
     )
 
     net = SimNetwork(seed=settings.seed, link=LinkModel(loss=settings.loss))

@@ -446,3 +446,16 @@ def format_histogram(
     if class_names is not None:
         out.append("classes: " + ", ".join(f"{c}={name}" for c, name in enumerate(class_names)))
     return "\n".join(out)
+
+
+def cli_options(name: str, *, alpha: float = 0.5, classes_per_node: int = 2) -> dict[str, Any]:
+    """The options a ``--partition NAME [--alpha A]`` command line implies.
+
+    Benchmarks and scenarios expose only ``alpha``; label-restricting partitioners
+    get ``classes_per_node`` (2, the classic pathological non-IID split).
+    """
+    if name == "dirichlet":
+        return {"alpha": alpha}
+    if name in ("shards", "disjoint"):
+        return {"classes_per_node": classes_per_node}
+    return {}
