@@ -122,11 +122,50 @@ async def _start_learning(node: Node, data_dir: Path) -> LearnerService | None:
         return None
     from deepgossip.learn.learner import LearnerService, LearningConfig
 
-    service = await LearnerService.start(
-        LearningConfig.from_section(node.session.section("learning")), data_dir
-    )
+    section = node.session.section("learning")
+    service = await LearnerService.start(LearningConfig.from_section(section), data_dir)
     node.learner = service.learner
+    _collaborate(node, service, section)
     return service
+
+
+def _collaborate(node: Node, service: LearnerService, section: dict[str, Any]) -> None:
+    """Share the learner's updates with peers and merge theirs (docs/learning.md)."""
+    from deepgossip.learn.collaboration import Collaboration, CollaborationConfig
+    from deepgossip.learn.exchange import UpdateExchange, UpdateReceived
+
+    collaboration = Collaboration(
+        service.learner, CollaborationConfig.from_section(section), node.node_id
+    )
+    exchange = UpdateExchange(
+        node.identity.public_key_bytes,
+        collaboration.size,
+        lambda: [m.address for m in node.swim.live_members()],
+        random.Random(),
+    )
+    node.host.add_core("learn", exchange)
+    stats = node.update_stats
+    fanout = collaboration.config.mixing.fanout
+
+    def on_event(event: Any) -> None:
+        if isinstance(event, UpdateReceived):
+            stats.received += 1
+            if not collaboration.offer(event.update, node.host.runtime.now()):
+                stats.rejected = collaboration.rejected + sum(exchange.rejected.values())
+
+    def push(update: Any) -> None:
+        sends = exchange.push(update, fanout)
+        stats.sent += len(sends)
+        node.host.execute(sends)
+
+    def after_round(steps: int, now: float) -> Any:
+        update = collaboration.after_round(steps, now)
+        stats.merged = collaboration.merged
+        return update
+
+    node.host.subscribe(on_event)
+    service.after_round = after_round
+    service.on_result = push
 
 
 async def run_node(options: NodeOptions, ready: asyncio.Event | None = None) -> None:

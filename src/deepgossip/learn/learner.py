@@ -616,6 +616,11 @@ class LearnerService:
         self.learner = learner
         self._executor = executor
         self._task: asyncio.Task[None] | None = None
+        self.after_round: Callable[[int, float], Any] | None = None
+        """Called in the worker thread after each round with (steps, monotonic
+        time); whatever it returns (an update to share) goes to ``on_result``."""
+        self.on_result: Callable[[Any], None] | None = None
+        """Called on the event loop with a non-None ``after_round`` result."""
 
     @classmethod
     async def start(
@@ -636,15 +641,24 @@ class LearnerService:
         next_at = loop.time() + interval
         while True:
             await asyncio.sleep(max(0.0, next_at - loop.time()))
-            await loop.run_in_executor(self._executor, self._round)
+            result = await loop.run_in_executor(self._executor, self._round)
+            if result is not None and self.on_result is not None:
+                try:
+                    self.on_result(result)
+                except Exception:
+                    log.exception("handling the round's result failed")
             next_at = max(next_at + interval, loop.time())
 
-    def _round(self) -> None:
-        """One round and, when due, a checkpoint (worker thread). Never raises: a
-        failed round is logged and the next one tries again."""
+    def _round(self) -> Any:
+        """One round, the ``after_round`` hook and, when due, a checkpoint (worker
+        thread). Never raises: a failed round is logged and the next one tries
+        again."""
         learner = self.learner
+        result = None
         try:
             stats = learner.train_round()
+            if self.after_round is not None:
+                result = self.after_round(stats.steps, time.monotonic())
             if not stats.idle:
                 log.info(
                     "round %d: %d steps, loss %.4f, held-out accuracy %s",
@@ -660,6 +674,7 @@ class LearnerService:
                     learner.save_checkpoint()
         except Exception:
             log.exception("training round failed")
+        return result
 
     def _final_checkpoint(self) -> None:
         learner = self.learner
