@@ -22,11 +22,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 from deepgossip.learn.learner import Learner
 from deepgossip.learn.mixing import GoSGD, MixingConfig, MixingRule, make_rule
 from deepgossip.learn.params import assign, flatten
 from deepgossip.learn.sharing import Sharer, SharingConfig, SparseUpdate, UpdateRejected
+from deepgossip.learn.trust_weights import HoldoutEvaluator
 
 _MIXING_KEYS = {
     "rule": "rule",
@@ -67,6 +69,28 @@ class CollaborationConfig:
         )
 
 
+class _GrowingHoldout:
+    """Held-out loss for the trust rule, on the learner's held-out samples, which
+    grow as the application sends data (the evaluator is rebuilt when they do)."""
+
+    def __init__(self, learner: Learner, max_samples: int = 1000) -> None:
+        self.learner = learner
+        self.max_samples = max_samples
+        self._evaluator: HoldoutEvaluator | None = None
+        self._samples = 0
+
+    def __call__(self, params: torch.Tensor) -> float:
+        n = min(self.learner.holdout_samples, self.max_samples)
+        if n == 0:
+            return 0.0  # no evidence yet: every candidate scores the same
+        if self._evaluator is None or n != self._samples:
+            x, y = self.learner.holdout_tensors(n)
+            with self.learner.locked() as model:
+                self._evaluator = HoldoutEvaluator(model, x, y, max_samples=n)
+            self._samples = n
+        return self._evaluator(params)
+
+
 class Collaboration:
     def __init__(self, learner: Learner, config: CollaborationConfig, node_id: bytes) -> None:
         self.learner = learner
@@ -77,7 +101,11 @@ class Collaboration:
         self.size = int(initial.numel())
         self.sharer = Sharer(initial, config.sharing, seed=learner.config.seed)
         self.rule: MixingRule = make_rule(
-            config.mixing, size=self.size, self_id=node_id, num_nodes=config.expected_nodes
+            config.mixing,
+            size=self.size,
+            self_id=node_id,
+            num_nodes=config.expected_nodes,
+            evaluator=_GrowingHoldout(learner) if config.mixing.rule == "trust" else None,
         )
         if isinstance(self.rule, GoSGD) and "alpha" in learner.mixing_state:
             self.rule.alpha = float(learner.mixing_state["alpha"])

@@ -365,6 +365,11 @@ class Learner:
     def holdout_samples(self) -> int:
         return len(self._y_hold)
 
+    def holdout_tensors(self, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Up to ``limit`` held-out samples (for scoring peers' updates)."""
+        with self._lock:
+            return self._x_hold[:limit], self._y_hold[:limit]
+
     # -- training -------------------------------------------------------------------------
 
     def train_round(self, steps: int | None = None) -> RoundStats:
