@@ -43,3 +43,58 @@ def plot_baseline(result: dict[str, Any], path: str | Path) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def plot_network_demo(result: dict[str, Any], path: str | Path) -> Path:
+    """Accuracy of each node over time, with its standalone and the pooled references."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, (ax_time, ax_bars) = plt.subplots(
+        1, 2, figsize=(11, 4.5), dpi=120, gridspec_kw={"width_ratios": [3, 2]}
+    )
+    seconds = [point["seconds"] for point in result["curve"]]
+    nodes = result["nodes"]
+    for i in range(nodes):
+        ax_time.plot(
+            seconds, [p["per_node"][i] for p in result["curve"]], lw=1.5, label=f"node {i}"
+        )
+    ax_time.axhline(
+        result["centralized_accuracy"], color="black", ls="--", lw=1, label="all data pooled"
+    )
+    ax_time.axhline(
+        sum(result["standalone_accuracy"]) / nodes,
+        color="gray",
+        ls=":",
+        lw=1.5,
+        label="alone, mean",
+    )
+    ax_time.set_xlabel("seconds of learning together")
+    ax_time.set_ylabel("test accuracy")
+    ax_time.set_title("DeepGossip nodes while they learn")
+    ax_time.grid(alpha=0.3)
+    ax_time.legend(fontsize=8, loc="lower right")
+    xs = range(nodes)
+    ax_bars.bar(
+        [x - 0.2 for x in xs],
+        result["standalone_accuracy"],
+        width=0.4,
+        color="tab:orange",
+        label="alone (own data)",
+    )
+    ax_bars.bar(
+        [x + 0.2 for x in xs],
+        result["deepgossip_accuracy"],
+        width=0.4,
+        color="tab:blue",
+        label="DeepGossip",
+    )
+    ax_bars.axhline(result["centralized_accuracy"], color="black", ls="--", lw=1)
+    ax_bars.set_xticks(list(xs))
+    ax_bars.set_xlabel("node")
+    ax_bars.set_ylim(0, 1)
+    ax_bars.set_title("final test accuracy")
+    ax_bars.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
