@@ -40,7 +40,7 @@ from deepgossip.tracker.client import HttpCall
 from deepgossip.wire.identity import Identity
 
 if TYPE_CHECKING:
-    from deepgossip.learn.learner import LearnerService
+    from deepgossip.learn.service import LearnerService
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,8 @@ async def _start_learning(node: Node, data_dir: Path) -> LearnerService | None:
     so nodes that do not learn stay light."""
     if "learning" not in node.session.sections:
         return None
-    from deepgossip.learn.learner import LearnerService, LearningConfig
+    from deepgossip.learn.learner import LearningConfig
+    from deepgossip.learn.service import LearnerService
 
     section = node.session.section("learning")
     service = await LearnerService.start(LearningConfig.from_section(section), data_dir)
