@@ -46,7 +46,7 @@ class DemoSettings:
     seconds: float = 120.0
     """How long the nodes learn together."""
     model: str = "mlp"
-    lr: float = 3e-3
+    lr: float = 1e-3
     eval_images: int = 2000
     seed: int = 0
 
@@ -63,7 +63,7 @@ def _learning_section(settings: DemoSettings, shape: tuple[int, ...]) -> dict[st
         "holdout_fraction": 0.05,
         "checkpoint_every": 50,
         "rule": "gosgd",
-        "push_prob": 0.1,
+        "push_prob": 0.25,
         "fanout": 1,
         "expected_nodes": settings.nodes,
         "seed": settings.seed,
