@@ -129,6 +129,9 @@ def bench_swim(**options: object) -> None:
     show_default=True,
 )
 @click.option("--theta-u", type=click.FloatRange(0.0, 1.0, min_open=True), default=1.0)
+@click.option(
+    "--lr", type=click.FloatRange(min=0.0, min_open=True), default=1e-3, show_default=True
+)
 @click.option("--rounds", type=click.IntRange(min=1), default=80, show_default=True)
 @click.option("--steps-per-round", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
