@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,18 +23,6 @@ pytestmark = pytest.mark.integration
 
 CLI = [sys.executable, "-m", "deepgossip.cli"]
 CLASSES = [(0, 1, 2), (3, 4, 5), (6, 7, 8, 9)]
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
-        if proc.stdout:
-            proc.stdout.close()
 
 
 def _line(proc: subprocess.Popen[str]) -> str:

@@ -162,15 +162,20 @@ def bench_learning(**options: Any) -> None:
 )
 def tracker(session_path: str, host: str, port: int, secret_file: str | None) -> None:
     """Run the bootstrap tracker: it only introduces peers."""
-    from deepgossip.session import Session, SessionError, read_secret
     from deepgossip.tracker.server import serve
+
+    serve(*_load_session(session_path, secret_file), host, port)
+
+
+def _load_session(session_path: str, secret_file: str | None) -> tuple[Any, str | None]:
+    """The session file and its checked join secret, or a clear CLI error."""
+    from deepgossip.session import Session, SessionError, read_secret
 
     try:
         session = Session.load(session_path)
-        secret = session.check_secret(read_secret(secret_file))
+        return session, session.check_secret(read_secret(secret_file))
     except SessionError as exc:
         raise click.ClickException(str(exc)) from exc
-    serve(session, secret, host, port)
 
 
 def _address(value: str) -> tuple[str, int]:
@@ -236,14 +241,9 @@ def node(
     from pathlib import Path
 
     from deepgossip.node_process import NodeOptions, run_node
-    from deepgossip.session import Session, SessionError, read_secret
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
-    try:
-        session = Session.load(session_path)
-        secret = session.check_secret(read_secret(secret_file))
-    except SessionError as exc:
-        raise click.ClickException(str(exc)) from exc
+    session, secret = _load_session(session_path, secret_file)
     options = NodeOptions(
         session=session,
         secret=secret,
