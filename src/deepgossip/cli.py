@@ -144,6 +144,28 @@ def bench_learning(**options: Any) -> None:
     run_learning_cli(**options)
 
 
+@main.group()
+def experiment() -> None:
+    """Experiments described by scenario files (see scenarios/)."""
+
+
+@experiment.command("run")
+@click.argument("scenario", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", type=click.Path(file_okay=False), required=True)
+def experiment_run(scenario: str, out: str) -> None:
+    """Run SCENARIO.toml; write metrics.jsonl, summary.json, accuracy.png, report.md."""
+    from deepgossip.experiments.scenario import ScenarioError, run_scenario
+
+    try:
+        result = run_scenario(scenario, out)
+    except ScenarioError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(
+        f"{result['scenario']}: accuracy mean {result['accuracy_mean']:.2%} "
+        f"(min {result['accuracy_min']:.2%}); wrote {out}/report.md"
+    )
+
+
 @main.command()
 @click.option(
     "--session",

@@ -234,6 +234,10 @@ def run_learning_sim(
 
     finals = [evaluate(p.model, test[0], test[1], data.num_classes) for p in peers]
     accs = np.array([m.accuracy for m in finals])
+    unseen = [
+        _unseen_class_accuracy(m.confusion, set(np.unique(data.train_labels[part]).tolist()))
+        for m, part in zip(finals, parts, strict=True)
+    ]
     result: dict[str, Any] = {
         "benchmark": "learning",
         "runtime": "sim",
@@ -246,6 +250,8 @@ def run_learning_sim(
         "accuracy_min": float(accs.min()),
         "accuracy_max": float(accs.max()),
         "macro_f1_mean": float(np.mean([m.macro_f1 for m in finals])),
+        "unseen_class_accuracy": unseen,
+        "per_node_metrics": [m.to_dict() for m in finals],
         "bytes_sent_per_node": float(np.mean([p.node.host.stats.bytes_out for p in peers])),
         "update_bytes_sent_per_node": float(np.mean([p.exchange.bytes_sent for p in peers])),
         "updates_sent_per_node": float(np.mean([p.exchange.sent for p in peers])),
@@ -266,6 +272,13 @@ def run_learning_sim(
         )
     result["seconds"] = time.perf_counter() - started
     return result
+
+
+def _unseen_class_accuracy(confusion: list[list[int]], seen: set[int]) -> float | None:
+    """Accuracy on test images of the classes a node never had locally (None if none)."""
+    unseen = [c for c in range(len(confusion)) if c not in seen]
+    total = sum(sum(confusion[c]) for c in unseen)
+    return sum(confusion[c][c] for c in unseen) / total if total else None
 
 
 def _on_event(peer: _Peer, event: Any, now: float) -> None:

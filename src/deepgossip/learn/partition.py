@@ -451,11 +451,12 @@ def format_histogram(
 def cli_options(name: str, *, alpha: float = 0.5, classes_per_node: int = 2) -> dict[str, Any]:
     """The options a ``--partition NAME [--alpha A]`` command line implies.
 
-    Benchmarks and scenarios expose only ``alpha``; label-restricting partitioners
-    get ``classes_per_node`` (2, the classic pathological non-IID split).
+    Benchmarks and scenarios expose only ``alpha``; shards get
+    ``classes_per_node`` (2, the classic pathological non-IID split); disjoint
+    labels keep their default, which spreads all classes over the nodes.
     """
     if name == "dirichlet":
         return {"alpha": alpha}
-    if name in ("shards", "disjoint"):
+    if name == "shards":
         return {"classes_per_node": classes_per_node}
     return {}
