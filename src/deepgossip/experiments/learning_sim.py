@@ -180,12 +180,9 @@ def run_learning_sim(
     done = [0]
 
     def round_of(peer: _Peer) -> None:
+        # The order of a node process (learn.collaboration): train, merge what
+        # arrived, then maybe push; the model a node serves is the merged one.
         now = net.now()
-        if peer.rule.pending:
-            w = flatten(peer.model)
-            report = peer.rule.merge(w, now)
-            assign(peer.model, w)
-            peer.merged += report.merged
         train_steps(
             peer.model,
             peer.optimizer,
@@ -196,6 +193,11 @@ def run_learning_sim(
             peer.generator,
         )
         peer.rule.on_local_step(settings.steps_per_round)
+        if peer.rule.pending:
+            w = flatten(peer.model)
+            report = peer.rule.merge(w, now)
+            assign(peer.model, w)
+            peer.merged += report.merged
         peer.round += 1
         if peer.rule.should_push(peer.np_rng):
             update = peer.sharer.make_update(
