@@ -53,6 +53,23 @@ def _learning_setup(partitions: list[str]) -> Callable[[F], F]:
     return decorate
 
 
+def _session_options(command: F) -> F:
+    """--session and --secret-file: what the tracker and every node need."""
+    command = click.option(
+        "--secret-file",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="Join secret (else $DEEPGOSSIP_JOIN_SECRET).",
+    )(command)
+    return click.option(
+        "--session",
+        "session_path",
+        type=click.Path(exists=True, dir_okay=False),
+        required=True,
+        help="Session file (TOML).",
+    )(command)
+
+
 @main.group()
 def bench() -> None:
     """Benchmarks that write JSON results (see docs/benchmarks.md)."""
@@ -167,21 +184,9 @@ def experiment_run(scenario: str, out: str) -> None:
 
 
 @main.command()
-@click.option(
-    "--session",
-    "session_path",
-    type=click.Path(exists=True, dir_okay=False),
-    required=True,
-    help="Session file (TOML).",
-)
+@_session_options
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=7070, show_default=True)
-@click.option(
-    "--secret-file",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Join secret (else $DEEPGOSSIP_JOIN_SECRET).",
-)
 def tracker(session_path: str, host: str, port: int, secret_file: str | None) -> None:
     """Run the bootstrap tracker: it only introduces peers."""
     from deepgossip.tracker.server import serve
@@ -208,13 +213,7 @@ def _address(value: str) -> tuple[str, int]:
 
 
 @main.command()
-@click.option(
-    "--session",
-    "session_path",
-    type=click.Path(exists=True, dir_okay=False),
-    required=True,
-    help="Session file (TOML).",
-)
+@_session_options
 @click.option(
     "--tracker", "trackers", multiple=True, help="Tracker URL (repeatable; default: the session's)."
 )
@@ -228,12 +227,6 @@ def _address(value: str) -> tuple[str, int]:
     type=click.Path(file_okay=False),
     required=True,
     help="Identity key, state and data of this node.",
-)
-@click.option(
-    "--secret-file",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Join secret (else $DEEPGOSSIP_JOIN_SECRET).",
 )
 @click.option("--log-level", default="WARNING", show_default=True)
 @click.option("--print-events", is_flag=True, help="Print membership events as JSON lines.")

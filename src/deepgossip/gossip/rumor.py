@@ -519,11 +519,9 @@ class RumorCore:
         self.anti_entropy.advance(hi)
         return [self._send(peer, Digest(lo, hi, origins), True)]
 
-    def _on_digest(self, src: Address, msg: Digest, now: float) -> list[Effect]:
-        if not valid_digest(msg.lo, msg.hi, msg.origins):
-            self.stats.dropped["bad_digest"] += 1
-            return []
-        offers, more = missing_from(
+    def _missing_from(self, msg: Digest | DigestReply, now: float) -> tuple[list[OfferEntry], bool]:
+        """What we hold that the digest in ``msg`` lacks, as offers (bounded)."""
+        return missing_from(
             self.store,
             msg.origins,
             msg.lo,
@@ -532,6 +530,12 @@ class RumorCore:
             now,
             self.config.inline_max_bytes,
         )
+
+    def _on_digest(self, src: Address, msg: Digest, now: float) -> list[Effect]:
+        if not valid_digest(msg.lo, msg.hi, msg.origins):
+            self.stats.dropped["bad_digest"] += 1
+            return []
+        offers, more = self._missing_from(msg, now)
         origins, hi = self._summary(msg.lo, msg.hi)
         return [self._send(src, DigestReply(tuple(offers), msg.lo, hi, origins, more), True)]
 
@@ -545,15 +549,7 @@ class RumorCore:
             self.stats.dropped["bad_digest"] += 1
             return []
         effects = self._take_offers(src, msg.offers, msg.more, now)
-        offers, more = missing_from(
-            self.store,
-            msg.origins,
-            msg.lo,
-            msg.hi,
-            self.config.offer_max_items,
-            now,
-            self.config.inline_max_bytes,
-        )
+        offers, more = self._missing_from(msg, now)
         if offers:
             effects.append(self._send(src, Offer(tuple(offers), more), True))
         return effects
