@@ -67,12 +67,21 @@ sender), and only the neighbours asked, once each, are counted.
     from deepgossip.trust.accusation import ACCUSATION_KIND
     from deepgossip.trust.blacklist import BlacklistConfig, BlacklistCore
 
+    # Scores here are in [0, 1], and ``suspicion_threshold`` (0.5) is where the local
+    # detector convicts. AUROR's decayed score lives in [0, 1 / (1 - decay)] = [0, 4]
+    # and convicts at ``blacklist_threshold`` (2.0): map that threshold to 0.5. A
+    # peer it never judged has no opinion (None), not 0.
+    def own_suspicion(peer_id, evidence):
+        if not auror.has_judged(peer_id):  # AurorDetector has no such query yet
+            return None
+        return min(1.0, auror.suspicion(peer_id) / (2 * auror_config.blacklist_threshold))
+
     self.blacklist = BlacklistCore(
         signer=identity,
         publish=lambda body, kind, now: self.gossip.publish(body, kind, now)[1],
         live_peers=lambda: [(m.node_id, m.address) for m in self.swim.live_members()],
         n_estimate=lambda: self.swim.live_count + 1,  # the network, this node included
-        own_suspicion=detector.suspicion,             # (peer_id, evidence) -> float | None
+        own_suspicion=own_suspicion,
         rng=random.Random(self._rng.getrandbits(64)),
         config=self.settings.blacklist,               # BlacklistConfig
         now=runtime.now(),
