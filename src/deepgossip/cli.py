@@ -138,14 +138,40 @@ def bench_swim(**options: object) -> None:
 
 @bench.command("learning")
 @_learning_setup(["iid", "dirichlet", "shards", "unbalanced", "disjoint"])
-@click.option("--runtime", type=click.Choice(["sim"]), default="sim", show_default=True)
+@click.option(
+    "--runtime",
+    type=click.Choice(["sim", "asyncio"]),
+    default="sim",
+    show_default=True,
+    help="sim: N nodes in one process, virtual time; asyncio: real nodes (with --processes).",
+)
+@click.option(
+    "--processes", is_flag=True, help="Real node processes on loopback (asyncio runtime)."
+)
 @click.option(
     "--rule",
     type=click.Choice(["gosgd", "average", "trust", "none"]),
     default="gosgd",
     show_default=True,
 )
+@click.option("--push-prob", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.1)
+@click.option("--fanout", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--theta-u", type=click.FloatRange(0.0, 1.0, min_open=True), default=1.0)
+@click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam", show_default=True)
+@click.option(
+    "--target",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.98,
+    show_default=True,
+    help="--processes: stop when every node is past this accuracy.",
+)
+@click.option(
+    "--max-seconds",
+    type=click.FloatRange(min=1.0),
+    default=600.0,
+    show_default=True,
+    help="--processes: give up after this long.",
+)
 @click.option(
     "--lr", type=click.FloatRange(min=0.0, min_open=True), default=1e-3, show_default=True
 )
@@ -155,7 +181,7 @@ def bench_swim(**options: object) -> None:
 @click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
 def bench_learning(**options: Any) -> None:
-    """Nodes learning together over the network (simulated runtime)."""
+    """Nodes learning together: simulated network, or real processes on loopback."""
     from deepgossip.experiments.learning_sim import run_learning_cli
 
     run_learning_cli(**options)

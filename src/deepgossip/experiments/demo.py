@@ -11,12 +11,6 @@ and with a model trained on all data pooled, and a PNG plot shows the run.
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,13 +22,11 @@ from tqdm import tqdm
 
 from deepgossip.api.client import ApiError, Client
 from deepgossip.experiments.baseline import write_json
+from deepgossip.experiments.local_net import LocalNetwork
 from deepgossip.learn.data import Dataset, load_dataset, to_tensors
 from deepgossip.learn.models import build_model
 from deepgossip.learn.partition import partition
 from deepgossip.learn.train import TrainConfig, accuracy, train_epochs
-from deepgossip.session import Session
-
-CLI = [sys.executable, "-m", "deepgossip.cli"]
 
 
 @dataclass(frozen=True)
@@ -70,26 +62,6 @@ def _learning_section(settings: DemoSettings, shape: tuple[int, ...]) -> dict[st
     }
 
 
-def _spawn(args: list[str], log: Path) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(
-        args,
-        stdout=subprocess.PIPE,
-        stderr=log.open("w"),
-        text=True,
-        env=env,
-        start_new_session=True,
-    )
-
-
-def _first_line(proc: subprocess.Popen[str], what: str) -> str:
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line:
-        raise RuntimeError(f"{what} exited before starting (code {proc.wait()})")
-    return line
-
-
 def _references(
     settings: DemoSettings, data: Dataset, parts: list[np.ndarray]
 ) -> tuple[float, list[float]]:
@@ -119,77 +91,28 @@ def run_network_demo(settings: DemoSettings, out: Path) -> dict[str, Any]:
     eval_idx = np.random.default_rng(settings.seed).choice(
         len(data.test_labels), min(settings.eval_images, len(data.test_labels)), replace=False
     )
-    procs: list[subprocess.Popen[str]] = []
-    out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="deepgossip-demo-") as tmp:
-        root = Path(tmp)
-        session_path = root / "session.toml"
-        Session("demo", sections={"learning": _learning_section(settings, shape)}).save(
-            session_path
-        )
-        try:
-            tracker = _spawn(
-                [*CLI, "tracker", "--session", str(session_path), "--port", "0"],
-                out / "tracker.log",
-            )
-            procs.append(tracker)
-            url = _first_line(tracker, "the tracker").split(" on ")[-1].strip()
-            print(f"tracker at {url}; starting {settings.nodes} nodes ...", flush=True)
-            for i in range(settings.nodes):
-                procs.append(
-                    _spawn(
-                        [
-                            *CLI,
-                            "node",
-                            "--session",
-                            str(session_path),
-                            "--tracker",
-                            url,
-                            "--data-dir",
-                            str(root / f"node{i}"),
-                        ],
-                        out / f"node{i}.log",
-                    )
-                )
-            clients = []
-            for i, proc in enumerate(procs[1:]):
-                info = json.loads(_first_line(proc, f"node {i}"))
-                clients.append(
-                    Client(
-                        f"http://{info['api'][0]}:{info['api'][1]}",
-                        token_file=root / f"node{i}" / "api-token",
-                        app_id=f"demo-app-{i}",
-                    )
-                )
-            for client, indices in zip(clients, parts, strict=True):
-                for start in range(0, len(indices), 10_000):
-                    chunk = indices[start : start + 10_000]
-                    client.train(data.train_images[chunk], data.train_labels[chunk])
-            print("each application sent its node its own share of the data:")
-            for i, indices in enumerate(parts):
-                top = np.bincount(data.train_labels[indices], minlength=10).argsort()[::-1][:3]
-                print(
-                    f"  node {i}: {len(indices):6d} images, mostly digits "
-                    f"{', '.join(map(str, top))}"
-                )
-            curve = _learn(settings, clients, data, eval_idx)
-            final = []
-            for client in clients:
-                predicted, _ = client.predict(data.test_images, probabilities=False)
-                final.append(float(np.mean(predicted == data.test_labels)))
-            statuses = [client.status() for client in clients]
-        finally:
-            for proc in procs:
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGTERM)
-            for proc in procs:
-                try:
-                    proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
-                if proc.stdout:
-                    proc.stdout.close()
+    with LocalNetwork(
+        nodes=settings.nodes,
+        logs=out,
+        session_id="demo",
+        session_sections={"learning": _learning_section(settings, shape)},
+    ) as net:
+        print(f"tracker at {net.tracker_url}; {settings.nodes} nodes started", flush=True)
+        clients = net.clients
+        for client, indices in zip(clients, parts, strict=True):
+            for start in range(0, len(indices), 10_000):
+                chunk = indices[start : start + 10_000]
+                client.train(data.train_images[chunk], data.train_labels[chunk])
+        print("each application sent its node its own share of the data:")
+        for i, indices in enumerate(parts):
+            top = np.bincount(data.train_labels[indices], minlength=10).argsort()[::-1][:3]
+            print(f"  node {i}: {len(indices):6d} images, mostly digits {', '.join(map(str, top))}")
+        curve = _learn(settings, clients, data, eval_idx)
+        final = []
+        for client in clients:
+            predicted, _ = client.predict(data.test_images, probabilities=False)
+            final.append(float(np.mean(predicted == data.test_labels)))
+        statuses = [client.status() for client in clients]
     print("computing references (alone on own data, and all data pooled) ...", flush=True)
     central, alone = _references(settings, data, parts)
     result = {

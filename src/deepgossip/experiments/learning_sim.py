@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import click
 import numpy as np
 import torch
 
@@ -31,7 +32,13 @@ from deepgossip.learn.models import build_model
 from deepgossip.learn.params import assign, flatten
 from deepgossip.learn.partition import cli_options, partition
 from deepgossip.learn.sharing import Sharer, SharingConfig, UpdateRejected
-from deepgossip.learn.train import TrainConfig, accuracy, evaluate, make_optimizer, train_steps
+from deepgossip.learn.train import (
+    TrainConfig,
+    accuracy,
+    evaluate,
+    make_optimizer,
+    train_steps,
+)
 from deepgossip.net.sim import LinkModel, SimNetwork
 from deepgossip.node import Node
 from deepgossip.session import Session
@@ -52,6 +59,11 @@ class LearningSimSettings:
     steps_per_round: int = 10
     batch_size: int = 64
     lr: float = 1e-3
+    optimizer: str = "adam"
+    """``adam`` or ``sgd`` (momentum 0.9). Label-skewed splits want SGD: Adam
+    normalises the tiny gradients that push absent classes' logits down, so every
+    node erases the classes it lacks at full speed (docs/learning.md)."""
+    momentum: float = 0.9
     round_period: float = 1.0
     eval_every: int = 10
     loss: float = 0.0
@@ -81,7 +93,13 @@ class _Peer:
 
 
 def _train_config(settings: LearningSimSettings) -> TrainConfig:
-    return TrainConfig(batch_size=settings.batch_size, lr=settings.lr, schedule="constant")
+    return TrainConfig(
+        batch_size=settings.batch_size,
+        lr=settings.lr,
+        optimizer=settings.optimizer,
+        momentum=settings.momentum,
+        schedule="constant",
+    )
 
 
 def _reference_accuracies(
@@ -180,8 +198,8 @@ def run_learning_sim(
     done = [0]
 
     def round_of(peer: _Peer) -> None:
-        # The order of a node process (learn.collaboration): train, merge what
-        # arrived, then maybe push; the model a node serves is the merged one.
+        # The order of a node process (learn.collaboration): train, maybe push
+        # the trained model, then merge what arrived; a node serves the merged one.
         now = net.now()
         train_steps(
             peer.model,
@@ -193,11 +211,6 @@ def run_learning_sim(
             peer.generator,
         )
         peer.rule.on_local_step(settings.steps_per_round)
-        if peer.rule.pending:
-            w = flatten(peer.model)
-            report = peer.rule.merge(w, now)
-            assign(peer.model, w)
-            peer.merged += report.merged
         peer.round += 1
         if peer.rule.should_push(peer.np_rng):
             update = peer.sharer.make_update(
@@ -208,6 +221,11 @@ def run_learning_sim(
             )
             update = peer.rule.make_outgoing(update)
             peer.node.host.execute(peer.exchange.push(update, peer.rule.config.fanout))
+        if peer.rule.pending:
+            w = flatten(peer.model)
+            report = peer.rule.merge(w, now)
+            assign(peer.model, w)
+            peer.merged += report.merged
         done[0] += 1
         if progress is not None:
             progress(1)
@@ -305,8 +323,13 @@ def run_learning_cli(
     *,
     json_path: str | None,
     runtime: str,
+    processes: bool,
     rule: str,
+    push_prob: float,
+    fanout: int,
     theta_u: float,
+    target: float,
+    max_seconds: float,
     **options: Any,
 ) -> dict[str, Any]:
     """Entry point of ``deepgossip bench learning``."""
@@ -314,14 +337,29 @@ def run_learning_cli(
 
     from deepgossip.experiments.baseline import write_json
 
-    del runtime  # only the simulated runtime so far
-    settings = LearningSimSettings(
-        mixing=MixingConfig(rule=rule), sharing=SharingConfig(theta_u=theta_u), **options
-    )
-    with tqdm(total=settings.rounds * settings.nodes, desc="rounds", unit="round") as bar:
-        result = run_learning_sim(settings, progress=bar.update)
+    if runtime == "asyncio" or processes:
+        if not (runtime == "asyncio" and processes):
+            raise click.UsageError("real nodes run as processes: use --runtime asyncio --processes")
+        result = _run_processes(
+            rule=rule,
+            push_prob=push_prob,
+            theta_u=theta_u,
+            target=target,
+            max_seconds=max_seconds,
+            json_path=json_path,
+            **options,
+        )
+    else:
+        settings = LearningSimSettings(
+            mixing=MixingConfig(rule=rule, push_prob=push_prob, fanout=fanout),
+            sharing=SharingConfig(theta_u=theta_u),
+            **options,
+        )
+        with tqdm(total=settings.rounds * settings.nodes, desc="rounds", unit="round") as bar:
+            result = run_learning_sim(settings, progress=bar.update)
     print(
-        f"{settings.nodes} nodes, {settings.dataset}/{settings.model}/{settings.partition}, "
+        f"{result['nodes']} nodes ({result['runtime']}), "
+        f"{result['dataset']}/{result['model']}/{result['partition']}, "
         f"rule {rule}, theta_u {theta_u}: accuracy mean {result['accuracy_mean']:.4f} "
         f"(min {result['accuracy_min']:.4f}); centralized {result['centralized_accuracy']:.4f}, "
         f"standalone {result['standalone_accuracy_mean']:.4f}; "
@@ -330,3 +368,19 @@ def run_learning_cli(
     if json_path:
         write_json(result, json_path)
     return result
+
+
+def _run_processes(*, json_path: str | None, **options: Any) -> dict[str, Any]:
+    from pathlib import Path
+
+    from deepgossip.experiments.bench_learning_processes import (
+        ProcessLearningSettings,
+        run_learning_processes,
+    )
+
+    # Options of the simulated runtime that real nodes do not have.
+    for name in ("rounds", "threads"):
+        options.pop(name, None)
+    settings = ProcessLearningSettings(**options)
+    out = Path(json_path).with_suffix("") if json_path else Path("bench-learning-processes")
+    return run_learning_processes(settings, out)

@@ -5,9 +5,9 @@ class is the one place where the two meet:
 
 * ``offer(update)`` (event loop) hands a received update to the mixing rule,
   under a lock, so it never races a merge;
-* ``after_round()`` (worker thread, right after a training round) merges what
-  arrived into the model through :meth:`Learner.apply` and, when the rule says
-  so, builds this node's next update from the model;
+* ``after_round()`` (worker thread, right after a training round) builds this
+  node's next update from the trained model when the rule says so, then merges
+  what arrived into the model through :meth:`Learner.apply`;
 * the event loop then pushes that update with the node's exchange.
 
 The mixing state that must survive a restart (GoSGD's weight) lives in the
@@ -125,18 +125,17 @@ class Collaboration:
             return False
 
     def after_round(self, steps: int, now: float) -> SparseUpdate | None:
-        """Merge what arrived, then maybe build our update (worker thread)."""
+        """Maybe build our update, then merge what arrived (worker thread).
+
+        The update carries the freshly trained model, *before* the merge: what a
+        peer averages in is then this node's new local progress, as in FedAvg,
+        rather than a mix that mostly echoes the peers' own models back (pushing
+        after the merge diluted each round's progress by the number of peers and
+        left label-skewed nodes far behind; docs/learning.md). The model served
+        and checkpointed is the merged one.
+        """
         with self._lock:
             self.rule.on_local_step(steps)
-            if self.rule.pending:
-
-                def merge(model: Any) -> int:
-                    w = flatten(model)
-                    report = self.rule.merge(w, now)
-                    assign(model, w)
-                    return report.merged
-
-                self.merged += self.learner.apply(merge)
             update = None
             if steps and self.rule.should_push(self._rng):
                 # Rounds must grow across restarts too (peers drop old ones):
@@ -152,6 +151,15 @@ class Collaboration:
                         samples=self.learner.train_samples,
                     )
                 )
+            if self.rule.pending:
+
+                def merge(model: Any) -> int:
+                    w = flatten(model)
+                    report = self.rule.merge(w, now)
+                    assign(model, w)
+                    return report.merged
+
+                self.merged += self.learner.apply(merge)
             if isinstance(self.rule, GoSGD):
                 self.learner.mixing_state["alpha"] = self.rule.alpha
             return update

@@ -1,0 +1,221 @@
+"""``deepgossip bench learning --runtime asyncio --processes``: real nodes learning.
+
+A tracker and N ``deepgossip node`` processes on loopback (real UDP/TCP, sealed
+and signed frames, SWIM, the update exchange), one application client per node
+feeding its partition through the HTTP API. Every ``eval_every`` seconds each
+node is asked for predictions on a fixed test subset, which gives the curves and
+``seconds_to_accuracy``; the run stops when every node is past ``target`` on the
+subset (or at ``max_seconds``), and the final figures use the whole 10k test set.
+
+The references of the same run, trained in this process afterwards with the
+same model and optimiser: *standalone* (each node's partition alone) and
+*centralized* (all partitions pooled), both for the mean number of local steps
+the nodes took, so every model had the same compute.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from deepgossip.api.client import ApiError, Client
+from deepgossip.experiments.local_net import LocalNetwork
+from deepgossip.learn.data import Dataset, load_dataset, to_tensors
+from deepgossip.learn.models import build_model
+from deepgossip.learn.partition import cli_options, partition
+from deepgossip.learn.train import (
+    TrainConfig,
+    accuracy,
+    make_optimizer,
+    metrics_from_predictions,
+    train_steps,
+)
+
+LEVELS = (0.9, 0.95, 0.97, 0.98, 0.99)
+
+
+@dataclass(frozen=True)
+class ProcessLearningSettings:
+    nodes: int = 8
+    dataset: str = "mnist"
+    model: str = "cnn"
+    partition: str = "iid"
+    alpha: float = 0.5
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    rule: str = "gosgd"
+    push_prob: float = 0.1
+    theta_u: float = 1.0
+    steps_per_round: int = 10
+    target: float = 0.98
+    """Stop once every node is past this on the evaluation subset."""
+    margin: float = 0.003
+    """Required above ``target`` on the subset, so the whole test set agrees."""
+    max_seconds: float = 600.0
+    eval_every: float = 5.0
+    eval_images: int = 2000
+    seed: int = 0
+    references: bool = True
+
+
+def _learning_section(s: ProcessLearningSettings, shape: tuple[int, ...]) -> dict[str, Any]:
+    return {
+        "model": s.model,
+        "input_shape": list(shape),
+        "num_classes": 10,
+        "lr": s.lr,
+        "optimizer": s.optimizer,
+        "batch_size": 64,
+        "steps_per_round": s.steps_per_round,
+        "round_interval": 0.0,
+        "holdout_fraction": 0.02,
+        "checkpoint_every": 100,
+        "rule": s.rule,
+        "push_prob": s.push_prob,
+        "theta_u": s.theta_u,
+        "expected_nodes": s.nodes,
+        "seed": s.seed,
+    }
+
+
+def _accuracies(clients: list[Client], x: np.ndarray, y: np.ndarray) -> list[float]:
+    out = []
+    for client in clients:
+        try:
+            predicted, _ = client.predict(x, probabilities=False)
+            out.append(float(np.mean(predicted == y)))
+        except ApiError:
+            out.append(float("nan"))
+    return out
+
+
+def _first_time(curve: list[dict[str, Any]], key: str, level: float) -> float | None:
+    return next((p["seconds"] for p in curve if p[key] >= level), None)
+
+
+def run_learning_processes(settings: ProcessLearningSettings, out: Path) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    data = load_dataset(settings.dataset)
+    shape = (1, *data.image_shape)
+    parts = partition(
+        settings.partition,
+        data.train_labels,
+        settings.nodes,
+        settings.seed,
+        **cli_options(settings.partition, alpha=settings.alpha),
+    )
+    rng = np.random.default_rng(settings.seed)
+    n_test = len(data.test_labels)
+    subset = rng.choice(n_test, min(settings.eval_images, n_test), replace=False)
+    x_eval, y_eval = data.test_images[subset], data.test_labels[subset]
+    curve: list[dict[str, Any]] = []
+    with LocalNetwork(
+        nodes=settings.nodes,
+        logs=out / "logs",
+        session_id="bench-learning",
+        session_sections={"learning": _learning_section(settings, shape)},
+    ) as net:
+        for client, indices in zip(net.clients, parts, strict=True):
+            for start in range(0, len(indices), 10_000):
+                chunk = indices[start : start + 10_000]
+                client.train(data.train_images[chunk], data.train_labels[chunk])
+        t0 = time.monotonic()
+        with tqdm(total=int(settings.max_seconds), unit="s", desc="learning") as bar:
+            while (elapsed := time.monotonic() - t0) < settings.max_seconds:
+                time.sleep(max(0.0, settings.eval_every - (elapsed % settings.eval_every)))
+                accs = _accuracies(net.clients, x_eval, y_eval)
+                point = {
+                    "seconds": round(time.monotonic() - t0, 2),
+                    "accuracy_mean": float(np.nanmean(accs)),
+                    "accuracy_min": float(np.nanmin(accs)),
+                    "per_node": accs,
+                }
+                curve.append(point)
+                bar.update(int(point["seconds"]) - bar.n)
+                bar.set_postfix_str(
+                    f"mean {point['accuracy_mean']:.2%} min {point['accuracy_min']:.2%}"
+                )
+                if point["accuracy_min"] >= settings.target + settings.margin:
+                    break
+        learn_seconds = time.monotonic() - t0
+        finals = []
+        for client in net.clients:
+            predicted, _ = client.predict(data.test_images, probabilities=False)
+            finals.append(metrics_from_predictions(data.test_labels, predicted, data.num_classes))
+        statuses = [client.status() for client in net.clients]
+    accs = np.array([m.accuracy for m in finals])
+    steps = [s["learning"]["steps"] for s in statuses]
+    result: dict[str, Any] = {
+        "benchmark": "learning",
+        "runtime": "asyncio",
+        "processes": True,
+        "nodes": settings.nodes,
+        "dataset": settings.dataset,
+        "model": settings.model,
+        "partition": settings.partition,
+        "accuracy_mean": float(accs.mean()),
+        "accuracy_std": float(accs.std()),
+        "accuracy_min": float(accs.min()),
+        "accuracy_max": float(accs.max()),
+        "per_node_accuracy": accs.tolist(),
+        "per_node_metrics": [m.to_dict() for m in finals],
+        "macro_f1_mean": float(np.mean([m.macro_f1 for m in finals])),
+        "learning_seconds": learn_seconds,
+        "seconds_to_accuracy": {
+            str(level): t
+            for level in LEVELS
+            if (t := _first_time(curve, "accuracy_mean", level)) is not None
+        },
+        "seconds_to_accuracy_every_node": {
+            str(level): t
+            for level in LEVELS
+            if (t := _first_time(curve, "accuracy_min", level)) is not None
+        },
+        "steps_per_node": steps,
+        "bytes_sent_per_node": float(np.mean([s["traffic"]["bytes_out"] for s in statuses])),
+        "updates": [s["updates"] for s in statuses],
+        "curve": curve,
+        "curve_eval_images": settings.eval_images,
+        "settings": asdict(settings),
+    }
+    if settings.references:
+        result.update(_references(settings, data, parts, int(np.mean(steps))))
+    result["seconds"] = time.perf_counter() - started
+    return result
+
+
+def _references(
+    settings: ProcessLearningSettings, data: Dataset, parts: list[np.ndarray], steps: int
+) -> dict[str, Any]:
+    torch.set_num_threads(2)
+    x, y = to_tensors(data.train_images, data.train_labels)
+    test = to_tensors(data.test_images, data.test_labels)
+    config = TrainConfig(
+        lr=settings.lr, batch_size=64, optimizer=settings.optimizer, schedule="constant"
+    )
+    shape = tuple(x.shape[1:])
+
+    def run(xs: torch.Tensor, ys: torch.Tensor) -> float:
+        torch.manual_seed(settings.seed)
+        model = build_model(settings.model, shape, data.num_classes)  # type: ignore[arg-type]
+        optimizer = make_optimizer(list(model.parameters()), config)
+        generator = torch.Generator().manual_seed(settings.seed)
+        train_steps(model, optimizer, xs, ys, steps, 64, generator)
+        return accuracy(model, *test)
+
+    alone = [run(x[torch.from_numpy(p)], y[torch.from_numpy(p)]) for p in parts]
+    return {
+        "reference_steps": steps,
+        "centralized_accuracy": run(x, y),
+        "standalone_accuracy_mean": float(np.mean(alone)),
+        "standalone_accuracy_min": float(np.min(alone)),
+        "standalone_per_node": alone,
+    }
