@@ -14,15 +14,16 @@ SCENARIOS = sorted((Path(__file__).parent.parent / "scenarios").glob("*.toml"))
 
 @pytest.mark.parametrize("path", SCENARIOS, ids=[p.stem for p in SCENARIOS])
 def test_shipped_scenarios_load(path: Path) -> None:
-    name, settings = load_scenario(path)
-    assert name and settings.nodes >= 2
+    name, runtime, settings, _ = load_scenario(path)
+    assert name and runtime in ("sim", "processes") and settings.nodes >= 2
 
 
 @pytest.mark.parametrize(
     ("text", "match"),
     [
         ("[scenario]\nnodes = 3\nbogus = 1", "unknown"),
-        ("[scenario]\nruntime = 'ray'", "not available"),
+        ("[scenario]\nruntime = 'ray'", "not one of"),
+        ("[scenario]\nruntime = 'processes'\n[processes]\nwarp = 9", "warp"),
         ("[scenario]\nnodes = 3\n[mixing]\nrule = 'magic'", "unknown mixing rule"),
         ("[scenario]\nnodes = 3\n[sharing]\ntheta_u = 2.0", "theta_u"),
         ("not toml [", "cannot read"),
@@ -57,3 +58,23 @@ def test_a_small_disjoint_label_scenario_writes_every_output(tmp_path: Path) -> 
     assert sum(unseen) / len(unseen) > 0.4 and max(unseen) > 0.6
     assert (out / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
     assert "accuracy mean" in (out / "report.md").read_text()
+
+
+def test_the_same_scenario_runs_as_real_processes(tmp_path: Path) -> None:
+    """runtime = "processes": a tracker and node processes on loopback, fed through
+    the HTTP API; the same outputs, with a wall-clock axis."""
+    path = tmp_path / "tiny.toml"
+    path.write_text(
+        "[scenario]\nname = 'tiny-processes'\nruntime = 'processes'\nnodes = 3\n"
+        "dataset = 'digits'\nmodel = 'mlp'\npartition = 'iid'\nlr = 0.003\nreferences = false\n"
+        "[processes]\nmax_seconds = 6\neval_seconds = 3\ntarget = 1.0\n"
+    )
+    result = run_scenario(path, tmp_path / "out")
+    out = tmp_path / "out"
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {x["node"] for x in lines} == {0, 1, 2} and all("seconds" in x for x in lines)
+    assert result["runtime"] == "asyncio" and len(result["per_node_metrics"]) == 3
+    # Three nodes with 600 digits each, after a few seconds of learning together.
+    assert result["accuracy_min"] > 0.8
+    assert "real node processes" in (out / "report.md").read_text()
+    assert (out / "accuracy.png").read_bytes()[:4] == b"\x89PNG"

@@ -2,7 +2,7 @@
 
 A tracker and N ``deepgossip node`` processes on loopback (real UDP/TCP, sealed
 and signed frames, SWIM, the update exchange), one application client per node
-feeding its partition through the HTTP API. Every ``eval_every`` seconds each
+feeding its partition through the HTTP API. Every ``eval_seconds`` seconds each
 node is asked for predictions on a fixed test subset, which gives the curves and
 ``seconds_to_accuracy``; the run stops when every node is past ``target`` on the
 subset (or at ``max_seconds``), and the final figures use the whole 10k test set.
@@ -16,7 +16,7 @@ the nodes took, so every model had the same compute.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +25,19 @@ import torch
 
 from deepgossip.api.client import ApiError, Client
 from deepgossip.experiments.local_net import LocalNetwork
+from deepgossip.learn.collaboration import CollaborationConfig
 from deepgossip.learn.data import Dataset, load_dataset, to_tensors
+from deepgossip.learn.mixing import MixingConfig
 from deepgossip.learn.models import build_model
 from deepgossip.learn.partition import cli_options, partition
+from deepgossip.learn.sharing import SharingConfig
 from deepgossip.learn.train import (
     TrainConfig,
     accuracy,
     make_optimizer,
     metrics_from_predictions,
     train_steps,
+    unseen_class_accuracies,
 )
 
 LEVELS = (0.9, 0.95, 0.97, 0.98, 0.99)
@@ -48,16 +52,16 @@ class ProcessLearningSettings:
     alpha: float = 0.5
     lr: float = 1e-3
     optimizer: str = "adam"
-    rule: str = "gosgd"
-    push_prob: float = 0.1
-    theta_u: float = 1.0
+    mixing: MixingConfig = field(default_factory=MixingConfig)
+    sharing: SharingConfig = field(default_factory=SharingConfig)
     steps_per_round: int = 10
+    batch_size: int = 64
     target: float = 0.98
     """Stop once every node is past this on the evaluation subset."""
     margin: float = 0.003
     """Required above ``target`` on the subset, so the whole test set agrees."""
     max_seconds: float = 600.0
-    eval_every: float = 5.0
+    eval_seconds: float = 5.0
     eval_images: int = 2000
     seed: int = 0
     references: bool = True
@@ -70,16 +74,13 @@ def _learning_section(s: ProcessLearningSettings, shape: tuple[int, ...]) -> dic
         "num_classes": 10,
         "lr": s.lr,
         "optimizer": s.optimizer,
-        "batch_size": 64,
+        "batch_size": s.batch_size,
         "steps_per_round": s.steps_per_round,
         "round_interval": 0.0,
         "holdout_fraction": 0.02,
         "checkpoint_every": 100,
-        "rule": s.rule,
-        "push_prob": s.push_prob,
-        "theta_u": s.theta_u,
-        "expected_nodes": s.nodes,
         "seed": s.seed,
+        **CollaborationConfig(s.mixing, s.sharing, expected_nodes=s.nodes).to_section(),
     }
 
 
@@ -130,7 +131,7 @@ def run_learning_processes(settings: ProcessLearningSettings, out: Path) -> dict
         t0 = time.monotonic()
         with tqdm(total=int(settings.max_seconds), unit="s", desc="learning") as bar:
             while (elapsed := time.monotonic() - t0) < settings.max_seconds:
-                time.sleep(max(0.0, settings.eval_every - (elapsed % settings.eval_every)))
+                time.sleep(max(0.0, settings.eval_seconds - (elapsed % settings.eval_seconds)))
                 accs = _accuracies(net.clients, x_eval, y_eval)
                 point = {
                     "seconds": round(time.monotonic() - t0, 2),
@@ -168,6 +169,7 @@ def run_learning_processes(settings: ProcessLearningSettings, out: Path) -> dict
         "per_node_accuracy": accs.tolist(),
         "per_node_metrics": [m.to_dict() for m in finals],
         "macro_f1_mean": float(np.mean([m.macro_f1 for m in finals])),
+        "unseen_class_accuracy": unseen_class_accuracies(finals, parts, data.train_labels),
         "learning_seconds": learn_seconds,
         "seconds_to_accuracy": {
             str(level): t
@@ -184,7 +186,11 @@ def run_learning_processes(settings: ProcessLearningSettings, out: Path) -> dict
         "updates": [s["updates"] for s in statuses],
         "curve": curve,
         "curve_eval_images": settings.eval_images,
-        "settings": asdict(settings),
+        "settings": {
+            **asdict(settings),
+            "mixing": asdict(settings.mixing),
+            "sharing": asdict(settings.sharing),
+        },
     }
     if settings.references:
         result.update(_references(settings, data, parts, int(np.mean(steps))))
@@ -199,7 +205,10 @@ def _references(
     x, y = to_tensors(data.train_images, data.train_labels)
     test = to_tensors(data.test_images, data.test_labels)
     config = TrainConfig(
-        lr=settings.lr, batch_size=64, optimizer=settings.optimizer, schedule="constant"
+        lr=settings.lr,
+        batch_size=settings.batch_size,
+        optimizer=settings.optimizer,
+        schedule="constant",
     )
     shape = tuple(x.shape[1:])
 
@@ -208,7 +217,7 @@ def _references(
         model = build_model(settings.model, shape, data.num_classes)  # type: ignore[arg-type]
         optimizer = make_optimizer(list(model.parameters()), config)
         generator = torch.Generator().manual_seed(settings.seed)
-        train_steps(model, optimizer, xs, ys, steps, 64, generator)
+        train_steps(model, optimizer, xs, ys, steps, settings.batch_size, generator)
         return accuracy(model, *test)
 
     alone = [run(x[torch.from_numpy(p)], y[torch.from_numpy(p)]) for p in parts]

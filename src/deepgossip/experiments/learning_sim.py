@@ -38,6 +38,7 @@ from deepgossip.learn.train import (
     evaluate,
     make_optimizer,
     train_steps,
+    unseen_class_accuracies,
 )
 from deepgossip.net.sim import LinkModel, SimNetwork
 from deepgossip.node import Node
@@ -254,10 +255,7 @@ def run_learning_sim(
 
     finals = [evaluate(p.model, test[0], test[1], data.num_classes) for p in peers]
     accs = np.array([m.accuracy for m in finals])
-    unseen = [
-        _unseen_class_accuracy(m.confusion, set(np.unique(data.train_labels[part]).tolist()))
-        for m, part in zip(finals, parts, strict=True)
-    ]
+    unseen = unseen_class_accuracies(finals, parts, data.train_labels)
     result: dict[str, Any] = {
         "benchmark": "learning",
         "runtime": "sim",
@@ -292,13 +290,6 @@ def run_learning_sim(
         )
     result["seconds"] = time.perf_counter() - started
     return result
-
-
-def _unseen_class_accuracy(confusion: list[list[int]], seen: set[int]) -> float | None:
-    """Accuracy on test images of the classes a node never had locally (None if none)."""
-    unseen = [c for c in range(len(confusion)) if c not in seen]
-    total = sum(sum(confusion[c]) for c in unseen)
-    return sum(confusion[c][c] for c in unseen) / total if total else None
 
 
 def _on_event(peer: _Peer, event: Any, now: float) -> None:
@@ -341,9 +332,8 @@ def run_learning_cli(
         if not (runtime == "asyncio" and processes):
             raise click.UsageError("real nodes run as processes: use --runtime asyncio --processes")
         result = _run_processes(
-            rule=rule,
-            push_prob=push_prob,
-            theta_u=theta_u,
+            mixing=MixingConfig(rule=rule, push_prob=push_prob, fanout=fanout),
+            sharing=SharingConfig(theta_u=theta_u),
             target=target,
             max_seconds=max_seconds,
             json_path=json_path,

@@ -68,6 +68,12 @@ class CollaborationConfig:
             expected_nodes=int(table.get("expected_nodes", 8)),
         )
 
+    def to_section(self) -> dict[str, Any]:
+        """The ``[learning]`` keys that :meth:`from_section` reads back as this config."""
+        mixing = {old: getattr(self.mixing, new) for old, new in _MIXING_KEYS.items()}
+        sharing = {old: getattr(self.sharing, new) for old, new in _SHARING_KEYS.items()}
+        return {**mixing, **sharing, "expected_nodes": self.expected_nodes}
+
 
 class _GrowingHoldout:
     """Held-out loss for the trust rule, on the learner's held-out samples, which

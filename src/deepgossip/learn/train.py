@@ -197,6 +197,24 @@ def metrics_from_predictions(
 
 
 @torch.no_grad()
+def unseen_class_accuracies(
+    metrics: list[Metrics], parts: list[np.ndarray], train_labels: np.ndarray
+) -> list[float | None]:
+    """Per node: test accuracy on the classes absent from its own training share.
+
+    The collaboration test's figure: what a node learned only from its peers.
+    None for a node that had every class.
+    """
+    out: list[float | None] = []
+    for m, part in zip(metrics, parts, strict=True):
+        seen = set(np.unique(train_labels[part]).tolist())
+        unseen = [c for c in range(len(m.confusion)) if c not in seen]
+        total = sum(sum(m.confusion[c]) for c in unseen)
+        out.append(sum(m.confusion[c][c] for c in unseen) / total if total else None)
+    return out
+
+
+@torch.no_grad()
 def evaluate(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int, batch_size: int = 2048
 ) -> Metrics:
