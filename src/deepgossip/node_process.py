@@ -133,10 +133,13 @@ async def _start_learning(node: Node, data_dir: Path) -> LearnerService | None:
 def _collaborate(node: Node, service: LearnerService, section: dict[str, Any]) -> None:
     """Share the learner's updates with peers and merge theirs (docs/learning.md)."""
     from deepgossip.learn.collaboration import Collaboration, CollaborationConfig
-    from deepgossip.learn.exchange import UpdateExchange, UpdateReceived
+    from deepgossip.learn.exchange import PullRequested, UpdateExchange, UpdateReceived
 
     collaboration = Collaboration(
-        service.learner, CollaborationConfig.from_section(section), node.node_id
+        service.learner,
+        CollaborationConfig.from_section(section),
+        node.node_id,
+        peers_available=lambda: bool(node.swim.live_members()),
     )
     exchange = UpdateExchange(
         node.identity.public_key_bytes,
@@ -153,20 +156,43 @@ def _collaborate(node: Node, service: LearnerService, section: dict[str, Any]) -
             stats.received += 1
             if not collaboration.offer(event.update, node.host.runtime.now()):
                 stats.rejected = collaboration.rejected + sum(exchange.rejected.values())
-
-    def push(update: Any) -> None:
-        sends = exchange.push(update, fanout)
-        stats.sent += len(sends)
-        node.host.execute(sends)
+        elif isinstance(event, PullRequested):
+            update = collaboration.reply_to_pull()
+            if update is not None:
+                sends = exchange.send_to([event.src], update)
+                stats.sent += len(sends)
+                node.host.execute(sends)
 
     def after_round(steps: int, now: float) -> Any:
         update = collaboration.after_round(steps, now)
         stats.merged = collaboration.merged
-        return update
+        return _RoundOutcome(update)
+
+    def on_result(outcome: _RoundOutcome) -> None:
+        if outcome.update is not None:
+            sends = exchange.push(outcome.update, fanout)
+            stats.sent += len(sends)
+            node.host.execute(sends)
+        if collaboration.wants_pull and collaboration.connected:
+            collaboration.wants_pull = False
+            node.host.execute(exchange.request_pull(PULL_PEERS))
 
     node.host.subscribe(on_event)
     service.after_round = after_round
-    service.on_result = push
+    service.on_result = on_result
+
+
+@dataclass(frozen=True, slots=True)
+class _RoundOutcome:
+    """What a training round hands to the event loop (always non-None, so the loop
+    also gets to send pull requests after rounds that push nothing)."""
+
+    update: Any
+
+
+PULL_PEERS = 3
+"""Peers a catching-up node asks for their models: enough that one slow or lost
+answer does not stall it, few enough not to load the network."""
 
 
 async def run_node(options: NodeOptions, ready: asyncio.Event | None = None) -> None:

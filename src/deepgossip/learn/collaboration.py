@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +57,11 @@ class CollaborationConfig:
     expected_nodes: int = 8
     """GoSGD's starting weight is 1 / expected_nodes; only ratios matter, so an
     estimate is enough."""
+    catch_up_timeout: float = 5.0
+    """Seconds a new node with peers waits for their models before it starts
+    sharing its own (see :class:`Collaboration`). Long enough for a pull's answers
+    to arrive on a loaded network; short, because in a network of new nodes
+    everyone waits this long once."""
 
     @classmethod
     def from_section(cls, table: dict[str, Any]) -> CollaborationConfig:
@@ -66,13 +72,19 @@ class CollaborationConfig:
             mixing=MixingConfig(**mixing),
             sharing=SharingConfig(**sharing),
             expected_nodes=int(table.get("expected_nodes", 8)),
+            catch_up_timeout=float(table.get("catch_up_timeout", 5.0)),
         )
 
     def to_section(self) -> dict[str, Any]:
         """The ``[learning]`` keys that :meth:`from_section` reads back as this config."""
         mixing = {old: getattr(self.mixing, new) for old, new in _MIXING_KEYS.items()}
         sharing = {old: getattr(self.sharing, new) for old, new in _SHARING_KEYS.items()}
-        return {**mixing, **sharing, "expected_nodes": self.expected_nodes}
+        return {
+            **mixing,
+            **sharing,
+            "expected_nodes": self.expected_nodes,
+            "catch_up_timeout": self.catch_up_timeout,
+        }
 
 
 class _GrowingHoldout:
@@ -98,10 +110,42 @@ class _GrowingHoldout:
 
 
 class Collaboration:
-    def __init__(self, learner: Learner, config: CollaborationConfig, node_id: bytes) -> None:
+    """One node's sharing and mixing around its learner.
+
+    Connectivity (``peers_available``, a callable the node answers from its
+    membership view) drives three behaviours:
+
+    * **Disconnected mode.** While no peer is live the learner keeps training;
+      nothing is pushed (GoSGD keeps its whole weight instead of handing halves to
+      nobody) and the local progress accumulates in the model.
+    * **Reconnecting.** The first round that finds peers again pushes at once,
+      whatever the schedule: the accumulated progress is republished, and the
+      node asks its peers for theirs (:attr:`wants_pull`), the anti-entropy step
+      that brings it back up to date without waiting for their next pushes.
+    * **Late joining.** A node that never trained with anyone (no ``joined`` in
+      its saved mixing state) starts *catching up*: it asks its peers for their
+      models and does not push; the first models that arrive replace its own
+      parameters (:meth:`~.mixing.MixingRule.adopt`), after which it contributes
+      like everyone else. If nothing arrives within ``catch_up_timeout`` seconds
+      of having peers (it is the first node, or all are new), it just starts.
+      ``catch_up_timeout`` defaults to the config's.
+    """
+
+    def __init__(
+        self,
+        learner: Learner,
+        config: CollaborationConfig,
+        node_id: bytes,
+        peers_available: Callable[[], bool] = lambda: True,
+        catch_up_timeout: float | None = None,
+    ) -> None:
         self.learner = learner
         self.config = config
         self.node_id = node_id
+        self.peers_available = peers_available
+        self.catch_up_timeout = (
+            config.catch_up_timeout if catch_up_timeout is None else catch_up_timeout
+        )
         with learner.locked() as model:
             initial = flatten(model)
         self.size = int(initial.numel())
@@ -120,6 +164,15 @@ class Collaboration:
         self._round = 0
         self.rejected = 0
         self.merged = 0
+        self.catching_up = config.mixing.rule != "none" and not learner.mixing_state.get(
+            "joined", False
+        )
+        self.connected = True
+        self.wants_pull = self.catching_up
+        """Set when the node should ask its peers for their models; the node's
+        networking code sends the request and clears it."""
+        self.reconnections = 0
+        self._peers_since: float | None = None
 
     def offer(self, update: SparseUpdate, now: float) -> bool:
         """A received update, from the event loop; False if refused or ignored."""
@@ -142,22 +195,18 @@ class Collaboration:
         """
         with self._lock:
             self.rule.on_local_step(steps)
+            connected = self.peers_available()
+            reconnected = connected and not self.connected
+            self.connected = connected
+            if reconnected:
+                self.reconnections += 1
+                self.wants_pull = True
             update = None
-            if steps and self.rule.should_push(self._rng):
-                # Rounds must grow across restarts too (peers drop old ones):
-                # wall-clock milliseconds do that without persisted state.
-                self._round = max(self._round + 1, int(time.time() * 1000))
-                with self.learner.locked() as model:
-                    params = flatten(model)
-                update = self.rule.make_outgoing(
-                    self.sharer.make_update(
-                        params,
-                        origin=self.node_id,
-                        round=self._round,
-                        samples=self.learner.train_samples,
-                    )
-                )
-            if self.rule.pending:
+            if self.catching_up:
+                self._catch_up(connected, now)
+            elif connected and steps and (self.rule.should_push(self._rng) or reconnected):
+                update = self._build_update()
+            if self.rule.pending and not self.catching_up:
 
                 def merge(model: Any) -> int:
                     w = flatten(model)
@@ -169,3 +218,47 @@ class Collaboration:
             if isinstance(self.rule, GoSGD):
                 self.learner.mixing_state["alpha"] = self.rule.alpha
             return update
+
+    def _catch_up(self, connected: bool, now: float) -> None:
+        """Late joiner: adopt the first models that arrive, or give up waiting."""
+        if self.rule.pending:
+
+            def adopt(model: Any) -> int:
+                w = flatten(model)
+                report = self.rule.adopt(w, now)
+                assign(model, w)
+                return report.merged
+
+            self.merged += self.learner.apply(adopt)
+            self._joined()
+        elif connected:
+            self._peers_since = now if self._peers_since is None else self._peers_since
+            if now - self._peers_since >= self.catch_up_timeout:
+                self._joined()
+
+    def _joined(self) -> None:
+        self.catching_up = False
+        self.learner.mixing_state["joined"] = True
+
+    def _build_update(self) -> SparseUpdate:
+        # Rounds must grow across restarts too (peers drop old ones): wall-clock
+        # milliseconds do that without persisted state.
+        self._round = max(self._round + 1, int(time.time() * 1000))
+        with self.learner.locked() as model:
+            params = flatten(model)
+        return self.rule.make_outgoing(
+            self.sharer.make_update(
+                params,
+                origin=self.node_id,
+                round=self._round,
+                samples=self.learner.train_samples,
+            )
+        )
+
+    def reply_to_pull(self) -> SparseUpdate | None:
+        """Our current model for a peer that asked (event loop). None while we are
+        catching up ourselves: a fresh model is no help to anyone."""
+        with self._lock:
+            if self.catching_up or self.config.mixing.rule == "none":
+                return None
+            return self._build_update()

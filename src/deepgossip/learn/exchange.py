@@ -52,6 +52,22 @@ class UpdateMessage:
     frame: bytes
 
 
+@message("learn.pull", signed=True, key_field="public_key")
+@dataclass(frozen=True, slots=True)
+class PullRequest:
+    """"Send me your current model": a late joiner or a reconnected node catching up."""
+
+    public_key: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PullRequested:
+    """A peer asked for our model; answer with :meth:`UpdateExchange.send_to`."""
+
+    src: Address
+    origin: bytes
+
+
 @dataclass(frozen=True, slots=True)
 class UpdateReceived:
     """A received, decoded update for the mixing rule (not yet validated by it)."""
@@ -88,13 +104,18 @@ class UpdateExchange:
         self.received = 0
         self.bytes_received = 0
         self.rejected: Counter[str] = Counter()
+        self.pulls_sent = 0
+        self.pulls_received = 0
 
     def push(self, update: SparseUpdate, fanout: int) -> list[Any]:
         """Send ``update`` to ``fanout`` distinct random live peers."""
         peers = list(self._peers())
         if not peers:
             return []
-        targets = self._rng.sample(peers, min(fanout, len(peers)))
+        return self.send_to(self._rng.sample(peers, min(fanout, len(peers))), update)
+
+    def send_to(self, targets: Sequence[Address], update: SparseUpdate) -> list[Any]:
+        """Send ``update`` to exactly these peers (a pull's answer, or a push)."""
         frame = encode_tensors(update.tensors())  # a SparseArray encodes itself sparse
         msg = UpdateMessage(
             self.public_key,
@@ -109,9 +130,19 @@ class UpdateExchange:
         self.bytes_sent += len(targets) * len(frame)
         return [Send(peer, msg, reliable=True) for peer in targets]
 
+    def request_pull(self, count: int) -> list[Any]:
+        """Ask ``count`` random live peers for their current models."""
+        peers = list(self._peers())
+        targets = self._rng.sample(peers, min(count, len(peers)))
+        self.pulls_sent += len(targets)
+        return [Send(peer, PullRequest(self.public_key), reliable=True) for peer in targets]
+
     # -- core --------------------------------------------------------------------
 
     def handle(self, src: Address, msg: Any, now: float) -> list[Any]:
+        if isinstance(msg, PullRequest):
+            self.pulls_received += 1
+            return [PullRequested(src, node_id_of(msg.public_key))]
         if not isinstance(msg, UpdateMessage):
             self.rejected["unexpected"] += 1
             return []

@@ -70,6 +70,11 @@ __all__ = [
 ]
 
 
+_NEGLIGIBLE_WEIGHT = 1e-12
+"""Own weight in :meth:`MixingRule.adopt`: positive (``weighted_merge`` keeps
+every combination convex) but far below any received weight."""
+
+
 @dataclass(frozen=True)
 class MixingConfig:
     """Session settings of the mixing rule; every default is written here once.
@@ -192,6 +197,32 @@ class MixingRule(ABC):
     def merge(self, local: torch.Tensor, now: float) -> MergeReport:
         """Mix the buffered updates into ``local`` (in place) and clear the buffer."""
 
+    def adopt(self, local: torch.Tensor, now: float) -> MergeReport:
+        """Catch up: replace ``local`` by the received models' consensus (in place).
+
+        For a node whose own parameters carry nothing worth keeping yet (a late
+        joiner's fresh initialisation): every coordinate the buffered updates
+        carry becomes their average weighted by the weight each carries (GoSGD's
+        alpha; 1 for the other rules), as if the node's own weight were zero. The
+        received weight is kept (GoSGD adds it to ``alpha``), so the network's
+        total is conserved.
+        """
+        del now
+        report = MergeReport()
+        pairs = [(p.update, p.update.weight) for p in self._pending if p.update.weight > 0]
+        self._pending.clear()
+        if not pairs:
+            return report
+        report.coordinates = weighted_merge(local, _NEGLIGIBLE_WEIGHT, pairs)
+        report.merged = len(pairs)
+        report.weights = {u.origin: c for u, c in pairs}
+        self._adopted(sum(c for _, c in pairs))
+        return report
+
+    def _adopted(self, weight: float) -> None:
+        """Hook: the rule's bookkeeping for weight received by :meth:`adopt`."""
+        del weight  # only GoSGD keeps a weight
+
 
 # ---------------------------------------------------------------------------- merging
 
@@ -299,6 +330,9 @@ class GoSGD(MixingRule):
         share = self.alpha / (self.config.fanout + 1)
         self.alpha -= self.config.fanout * share
         return replace(update, weight=share)
+
+    def _adopted(self, weight: float) -> None:
+        self.alpha += weight
 
     def _accept(self, update: SparseUpdate) -> bool:
         seen = self._seen.setdefault(update.origin, deque(maxlen=self.SEEN_PER_ORIGIN))
