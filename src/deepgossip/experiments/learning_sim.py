@@ -65,6 +65,9 @@ class LearningSimSettings:
     normalises the tiny gradients that push absent classes' logits down, so every
     node erases the classes it lacks at full speed (docs/learning.md)."""
     momentum: float = 0.9
+    lr_schedule: str = "constant"
+    """``constant`` or ``cosine`` (every node anneals its learning rate to 0 over
+    the rounds; the references anneal over their steps the same way)."""
     round_period: float = 1.0
     eval_every: int = 10
     loss: float = 0.0
@@ -74,6 +77,28 @@ class LearningSimSettings:
     sharing: SharingConfig = field(default_factory=SharingConfig)
     references: bool = True
     """Also train the centralized and standalone references (same total steps)."""
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("adam", "sgd"):
+            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(
+                f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}"
+            )
+
+
+def _lr_at(settings: LearningSimSettings, progress: float) -> float:
+    """The learning rate at ``progress`` (0..1) through the run."""
+    if settings.lr_schedule == "cosine":
+        return settings.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+    if settings.lr_schedule == "constant":
+        return settings.lr
+    raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {settings.lr_schedule!r}")
+
+
+def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
 
 
 @dataclass
@@ -121,7 +146,11 @@ def _reference_accuracies(
         model = build_model(settings.model, shape, classes)
         optimizer = make_optimizer(list(model.parameters()), config)
         generator = torch.Generator().manual_seed(settings.seed)
-        train_steps(model, optimizer, xs, ys, steps, settings.batch_size, generator)
+        # In as many chunks as the nodes have rounds, so a schedule anneals alike.
+        for r in range(settings.rounds):
+            _set_lr(optimizer, _lr_at(settings, r / settings.rounds))
+            chunk = steps // settings.rounds + (r < steps % settings.rounds)
+            train_steps(model, optimizer, xs, ys, chunk, settings.batch_size, generator)
         return accuracy(model, *test)
 
     central = run(x, y, total_steps * settings.nodes)
@@ -202,6 +231,7 @@ def run_learning_sim(
         # The order of a node process (learn.collaboration): train, maybe push
         # the trained model, then merge what arrived; a node serves the merged one.
         now = net.now()
+        _set_lr(peer.optimizer, _lr_at(settings, peer.round / settings.rounds))
         train_steps(
             peer.model,
             peer.optimizer,
