@@ -558,8 +558,11 @@ def test_close_leaves_no_tasks_sockets_or_warnings() -> None:
         await runtime.close()  # idempotent
         assert asyncio.all_tasks() == ours
         assert runtime.addresses == []
+        # Frames still queued at close may be counted as dropped too (under load
+        # the 20 MB frame is still being written): count only the late one.
+        dropped = runtime.stats.dropped["runtime_closed"]
         runtime.send(hosts[0].address, server.address, b"late", True)
-        assert runtime.stats.dropped["runtime_closed"] == 1
+        assert runtime.stats.dropped["runtime_closed"] == dropped + 1
         fired: list[int] = []
         runtime.call_later(0.0, lambda: fired.append(1))
         pings_sent = [core.sent for core in clients]
