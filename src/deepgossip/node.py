@@ -8,7 +8,14 @@ A node composes the layers below it for exactly one application:
 * SWIM membership (``swim``), and the tracker client (``tracker``) when the
   session names trackers;
 * later layers (gossip, learning, defences) register more cores on the same
-  host.
+  host;
+* optionally (``blacklist=BlacklistConfig(...)``) the gossiped blacklist
+  (``blacklist``, core ``"trust"``): accusations arrive as gossip items of kind
+  ``"trust.accuse"``, local verdicts go out through :meth:`Node.accuse`, and a
+  blacklisted peer is left out of :meth:`Node.live_peers` (the peers the rumour
+  core and the update exchange choose from). The local detector's view reaches
+  the core through :attr:`Node.own_suspicion`, set by whoever owns the
+  detector (:class:`~deepgossip.trust.defense.Defense.own_suspicion`).
 
 The class is runtime-agnostic: the simulator builds a thousand of them in one
 process, :mod:`deepgossip.node_process` runs one on real sockets with its HTTP
@@ -25,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from deepgossip.gossip.config import GossipConfig
+from deepgossip.gossip.events import ItemDelivered
 from deepgossip.gossip.rumor import RumorCore
 from deepgossip.membership.config import SwimConfig
 from deepgossip.membership.events import NeedPeers
@@ -35,6 +43,8 @@ from deepgossip.net.runtime import Address, Runtime
 from deepgossip.session import Session, SessionError
 from deepgossip.tracker.client import PeersFound, TrackerClient
 from deepgossip.tracker.registration import Registration
+from deepgossip.trust.accusation import ACCUSATION_KIND, Evidence
+from deepgossip.trust.blacklist import BlacklistConfig, BlacklistCore, SuspicionFn
 from deepgossip.wire.envelope import FrameCodec
 from deepgossip.wire.identity import Identity, node_id_of, verify
 from deepgossip.wire.session import SessionKey
@@ -123,6 +133,7 @@ class Node:
         incarnation: int = 0,
         api_address: Address | None = None,
         wall_clock: Callable[[], float] | None = None,
+        blacklist: BlacklistConfig | None = None,
     ) -> None:
         self.identity = identity
         self.session = session
@@ -150,7 +161,7 @@ class Node:
             public_key=identity.public_key_bytes,
             sign=identity.sign,
             verify=_verify_origin,
-            peers=lambda: [m.address for m in self.swim.live_members()],
+            peers=lambda: [m.address for m in self.live_peers()],
             rng=random.Random(self._rng.getrandbits(64)),
             config=self.settings.gossip,
             now=runtime.now(),
@@ -160,6 +171,25 @@ class Node:
             first_seq=max(1, int(clock() * 1000)),
         )
         self.host.add_core("gossip", self.gossip)
+        # The gossiped blacklist (optional; off unless configured, so a node
+        # without defences behaves exactly as before).
+        self.own_suspicion: SuspicionFn | None = None
+        """The local detector's view of a peer, in [0, 1] (None: no opinion)."""
+        self.blacklist: BlacklistCore | None = None
+        if blacklist is not None:
+            self.blacklist = BlacklistCore(
+                signer=identity,
+                publish=lambda body, kind, now: self.gossip.publish(body, kind, now)[1],
+                live_peers=lambda: [(m.node_id, m.address) for m in self.live_peers()],
+                n_estimate=lambda: len(self.live_peers()) + 1,  # this node included
+                own_suspicion=self._own_suspicion,
+                rng=random.Random(self._rng.getrandbits(64)),
+                config=blacklist,
+                now=runtime.now(),
+                wall_offset=clock() - runtime.now(),  # core time -> Unix time
+                first_seq=max(1, int(clock() * 1000)),  # above any seq of a previous run
+            )
+            self.host.add_core("trust", self.blacklist)
         self.tracker: TrackerClient | None = None
         if session.trackers:
             self.tracker = TrackerClient(
@@ -180,6 +210,33 @@ class Node:
     @property
     def node_id(self) -> bytes:
         return self.identity.node_id
+
+    def is_blacklisted(self, node_id: bytes) -> bool:
+        """Whether the node's blacklist excludes ``node_id`` (False without one)."""
+        return self.blacklist is not None and self.blacklist.is_blacklisted(node_id)
+
+    def live_peers(self) -> list[Any]:
+        """Live SWIM members that are not blacklisted: whom to gossip and push to.
+
+        SWIM itself still probes blacklisted members (it has no exclusion hook
+        yet); everything that chooses peers reads this instead.
+        """
+        members = self.swim.live_members()
+        if self.blacklist is None:
+            return list(members)
+        return [m for m in members if not self.blacklist.is_blacklisted(m.node_id)]
+
+    def accuse(
+        self, peer_id: bytes, suspicion: float, evidence: Sequence[Evidence], reason: str = "auror"
+    ) -> None:
+        """A local verdict: blacklist ``peer_id`` here and spread a signed accusation."""
+        if self.blacklist is None:
+            raise RuntimeError("this node has no blacklist (Node(..., blacklist=...))")
+        now = self.host.runtime.now()
+        self.host.execute(self.blacklist.local_verdict(peer_id, suspicion, evidence, now, reason))
+
+    def _own_suspicion(self, peer_id: bytes, evidence: Sequence[Evidence]) -> float | None:
+        return self.own_suspicion(peer_id, evidence) if self.own_suspicion is not None else None
 
     def start(self, seeds: Sequence[Address] = ()) -> None:
         self.host.start()
@@ -205,7 +262,10 @@ class Node:
             self.host.execute(self.tracker.on_result(call, ok, body, self.host.runtime.now()))
 
     def _on_event(self, event: Any) -> None:
-        if isinstance(event, PeersFound):
+        if isinstance(event, ItemDelivered):
+            if event.kind == ACCUSATION_KIND and self.blacklist is not None:
+                self.host.execute(self.blacklist.on_item(event))
+        elif isinstance(event, PeersFound):
             seeds = [p.address for p in event.peers if p.address != self.address]
             if seeds:
                 self.host.execute(self.swim.join(seeds, self.host.runtime.now()))

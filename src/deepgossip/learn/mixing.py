@@ -34,6 +34,26 @@ Calling pattern (the node's networking code; all methods are cheap except
     w = flatten(model); rule.merge(w, now); assign(model, w)
 
 Not thread-safe: call ``offer`` and ``merge`` from one thread, or hold a lock.
+
+Defences (optional, :mod:`deepgossip.trust.defense`): a rule built with a
+``defense`` screens its buffer at the start of every ``merge`` (blacklisted
+origins dropped, AUROR run over the batch, flagged updates dropped or held for a
+neighbour poll) and merges only what the defence accepts:
+
+* ``average`` / ``trust`` with a robust rule other than ``mean`` (median,
+  trimmed mean, Krum, clipping, BALANCE): the merge result *is* the robust
+  aggregate of ``{w} ∪ accepted`` (densified over ``w``); the trust weights are
+  then not used. With ``mean`` the rule merges the accepted updates as it always
+  does.
+* ``gosgd`` merges one push at a time, so only one-at-a-time rules apply
+  (``clipping`` bounds each pull, ``balance`` refuses distant updates); rules
+  that need a set (median, trimmed mean, Krum) are refused at construction. A
+  rejected push's alpha is *kept* (added to the receiver's alpha without mixing
+  its values): the network's total weight stays conserved, the poisoned values
+  never enter, and a blacklisted sender that keeps pushing only gives its weight
+  away.
+
+``defense=None`` (the default) is exactly the undefended behaviour.
 """
 
 from __future__ import annotations
@@ -43,7 +63,7 @@ from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
@@ -55,6 +75,9 @@ from deepgossip.learn.sharing import (
     validate_update,
 )
 from deepgossip.learn.trust_weights import Evaluator, TrustWeights
+
+if TYPE_CHECKING:
+    from deepgossip.trust.defense import Defense
 
 __all__ = [
     "RULES",
@@ -125,6 +148,10 @@ class MergeReport:
     """Distinct coordinates changed."""
     weights: dict[bytes, float] = field(default_factory=dict)
     """Weight each merged origin had (``b"self"`` excluded)."""
+    rejected: int = 0
+    """Updates the defence dropped (blacklisted, flagged, refused by the rule)."""
+    held: int = 0
+    """Updates the defence held back for a neighbour poll (merged or dropped later)."""
 
 
 @dataclass(slots=True)
@@ -145,11 +172,14 @@ class MixingRule(ABC):
         size: int,
         self_id: bytes = b"",
         limits: UpdateLimits = DEFAULT_UPDATE_LIMITS,
+        defense: Defense | None = None,
     ) -> None:
         self.config = config
         self.size = size
         self.self_id = self_id
         self.limits = limits
+        self.defense = defense
+        """Screens the buffer before every merge (None: undefended)."""
         self._steps = 0
         self._pending: list[_Pending] = []
 
@@ -211,6 +241,13 @@ class MixingRule(ABC):
         report = MergeReport()
         pairs = [(p.update, p.update.weight) for p in self._pending if p.update.weight > 0]
         self._pending.clear()
+        if self.defense is not None:
+            # Own parameters are meaningless here (nothing to cluster against), but
+            # a blacklisted peer's model must not become ours.
+            kept = [(u, c) for u, c in pairs if not self.defense.is_blacklisted(u.origin)]
+            report.rejected = len(pairs) - len(kept)
+            self._adopted(sum(c for u, c in pairs if self.defense.is_blacklisted(u.origin)))
+            pairs = kept
         if not pairs:
             return report
         report.coordinates = weighted_merge(local, _NEGLIGIBLE_WEIGHT, pairs)
@@ -308,17 +345,25 @@ class GoSGD(MixingRule):
         num_nodes: int,
         self_id: bytes = b"",
         limits: UpdateLimits = DEFAULT_UPDATE_LIMITS,
+        defense: Defense | None = None,
     ) -> None:
-        super().__init__(config, size=size, self_id=self_id, limits=limits)
+        super().__init__(config, size=size, self_id=self_id, limits=limits, defense=defense)
         if num_nodes < 1:
             raise ValueError("num_nodes must be >= 1")
+        if defense is not None and defense.config.robust.rule not in _GOSGD_ROBUST:
+            raise ValueError(
+                f"gosgd merges one push at a time; robust rule {defense.config.robust.rule!r} "
+                f"needs a set of updates: use {'/'.join(_GOSGD_ROBUST)} or the average rule"
+            )
         self.alpha = 1.0 / num_nodes
         self._seen: dict[bytes, deque[int]] = {}
 
     @property
     def pending_weight(self) -> float:
-        """Alpha carried by received but not yet merged updates."""
-        return sum(p.update.weight for p in self._pending)
+        """Alpha carried by received but not yet merged updates (the defence's
+        poll-held ones included)."""
+        held = self.defense.held_weight if self.defense is not None else 0.0
+        return sum(p.update.weight for p in self._pending) + held
 
     def should_push(self, rng: np.random.Generator) -> bool:
         steps, self._steps = self._steps, 0
@@ -346,9 +391,24 @@ class GoSGD(MixingRule):
         dropping one would destroy its alpha)."""
         report = MergeReport()
         touched = torch.zeros(local.numel(), dtype=torch.bool)
-        for p in self._pending:
-            u = p.update
+        batch = [p.update for p in self._pending]
+        self._pending.clear()
+        if self.defense is not None:
+            screened = self.defense.screen(local, batch, now)
+            report.held = screened.held
+            # A rejected push keeps its weight (see the module docstring).
+            for u, _ in screened.rejected:
+                self.alpha += u.weight
+                report.rejected += 1
+            plan = self.defense.per_update(local, screened.accepted)
+        else:
+            plan = [(u, True) for u in batch]
+        for u, ok in plan:
             a_r, a_s = self.alpha, u.weight
+            if not ok:
+                self.alpha = a_r + a_s
+                report.rejected += 1
+                continue
             values = u.value_tensor()
             if u.dense:
                 local.mul_(a_r).add_(values, alpha=a_s).div_(a_r + a_s)
@@ -360,7 +420,6 @@ class GoSGD(MixingRule):
             self.alpha = a_r + a_s
             report.merged += 1
             report.weights[u.origin] = a_s
-        self._pending.clear()
         report.coordinates = int(touched.sum())
         return report
 
@@ -385,8 +444,9 @@ class Averaging(MixingRule):
         size: int,
         self_id: bytes = b"",
         limits: UpdateLimits = DEFAULT_UPDATE_LIMITS,
+        defense: Defense | None = None,
     ) -> None:
-        super().__init__(config, size=size, self_id=self_id, limits=limits)
+        super().__init__(config, size=size, self_id=self_id, limits=limits, defense=defense)
         self._latest: dict[bytes, int] = {}
 
     def should_push(self, rng: np.random.Generator) -> bool:
@@ -402,15 +462,52 @@ class Averaging(MixingRule):
         self._pending = [p for p in self._pending if p.update.origin != update.origin]
         return True
 
-    def _fresh(self, now: float, report: MergeReport) -> list[SparseUpdate]:
+    def _fresh(self, local: torch.Tensor, now: float, report: MergeReport) -> list[SparseUpdate]:
+        """The buffered updates within the window, screened by the defence if any."""
         fresh = [p.update for p in self._pending if now - p.arrived <= self.config.window]
         report.expired = len(self._pending) - len(fresh)
         self._pending.clear()
-        return fresh
+        if self.defense is None:
+            return fresh
+        screened = self.defense.screen(local, fresh, now)
+        report.rejected = len(screened.rejected)
+        report.held = screened.held
+        # A poll may release an update older than a fresh one of the same origin.
+        newest: dict[bytes, SparseUpdate] = {}
+        for u in screened.accepted:
+            if u.origin not in newest or u.round > newest[u.origin].round:
+                newest[u.origin] = u
+        report.rejected += len(screened.accepted) - len(newest)
+        return list(newest.values())
+
+    def _robust_merge(
+        self, local: torch.Tensor, fresh: list[SparseUpdate], report: MergeReport
+    ) -> bool:
+        """Merge by the defence's robust rule if it has one (other than ``mean``).
+
+        Returns False when the caller should merge as undefended. The result is
+        the robust aggregate of ``{local} ∪ fresh``; when the rule cannot run and
+        the defence keeps ``local``, nothing is merged.
+        """
+        if self.defense is None or self.defense.config.robust.rule == "mean":
+            return False
+        if not fresh:
+            return True
+        value = self.defense.aggregate(local, fresh)
+        if value is None:
+            report.rejected += len(fresh)
+            return True
+        report.coordinates = int((value != local).sum())
+        local.copy_(value)
+        report.merged = len(fresh)
+        report.weights = {u.origin: 1.0 / (1 + len(fresh)) for u in fresh}
+        return True
 
     def merge(self, local: torch.Tensor, now: float) -> MergeReport:
         report = MergeReport()
-        fresh = self._fresh(now, report)
+        fresh = self._fresh(local, now, report)
+        if self._robust_merge(local, fresh, report):
+            return report
         report.coordinates = weighted_merge(local, 1.0, [(u, 1.0) for u in fresh])
         report.merged = len(fresh)
         report.weights = {u.origin: 1.0 / (1 + len(fresh)) for u in fresh}
@@ -437,8 +534,9 @@ class TrustMixing(Averaging):
         evaluator: Evaluator,
         self_id: bytes = b"",
         limits: UpdateLimits = DEFAULT_UPDATE_LIMITS,
+        defense: Defense | None = None,
     ) -> None:
-        super().__init__(config, size=size, self_id=self_id, limits=limits)
+        super().__init__(config, size=size, self_id=self_id, limits=limits, defense=defense)
         self.evaluator = evaluator
         self.trust = TrustWeights(
             eta=config.trust_eta, decay=config.trust_decay, max_advantage=config.trust_max_advantage
@@ -446,8 +544,8 @@ class TrustMixing(Averaging):
 
     def merge(self, local: torch.Tensor, now: float) -> MergeReport:
         report = MergeReport()
-        fresh = self._fresh(now, report)
-        if not fresh:
+        fresh = self._fresh(local, now, report)
+        if not fresh or self._robust_merge(local, fresh, report):
             return report
         own_loss = self.evaluator(local)
         for u in fresh:
@@ -461,6 +559,9 @@ class TrustMixing(Averaging):
         report.weights = {u.origin: c for u, c in pairs}
         return report
 
+
+_GOSGD_ROBUST = ("mean", "clipping", "balance")
+"""Robust rules GoSGD can apply one push at a time (trust.defense.GOSGD_RULES)."""
 
 RULES: dict[str, type[MixingRule]] = {
     "gosgd": GoSGD,
@@ -478,19 +579,30 @@ def make_rule(
     num_nodes: int = 1,
     evaluator: Evaluator | None = None,
     limits: UpdateLimits = DEFAULT_UPDATE_LIMITS,
+    defense: Defense | None = None,
 ) -> MixingRule:
     """Build the rule named by ``config.rule`` for a model of ``size`` parameters.
 
     ``num_nodes`` (GoSGD's initial ``alpha = 1/N``; an estimate is fine, only
     ratios matter) and ``evaluator`` (trust: flat params -> held-out loss, e.g. a
     :class:`~.trust_weights.HoldoutEvaluator`) are required by those rules only.
+    ``defense`` screens every merge (module docstring); ``none`` never merges.
     """
     if config.rule == "gosgd":
-        return GoSGD(config, size=size, num_nodes=num_nodes, self_id=self_id, limits=limits)
+        return GoSGD(
+            config,
+            size=size,
+            num_nodes=num_nodes,
+            self_id=self_id,
+            limits=limits,
+            defense=defense,
+        )
     if config.rule == "trust":
         if evaluator is None:
             raise ValueError("the trust rule needs an evaluator (held-out loss)")
-        return TrustMixing(config, size=size, evaluator=evaluator, self_id=self_id, limits=limits)
+        return TrustMixing(
+            config, size=size, evaluator=evaluator, self_id=self_id, limits=limits, defense=defense
+        )
     if config.rule == "average":
-        return Averaging(config, size=size, self_id=self_id, limits=limits)
-    return NoMixing(config, size=size, self_id=self_id, limits=limits)
+        return Averaging(config, size=size, self_id=self_id, limits=limits, defense=defense)
+    return NoMixing(config, size=size, self_id=self_id, limits=limits, defense=defense)

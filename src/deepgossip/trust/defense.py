@@ -1,0 +1,524 @@
+"""The defence a node puts between the updates it receives and its model.
+
+One :class:`Defense` per node composes the trust layer's pieces in a fixed order,
+so that a mixing rule (:mod:`deepgossip.learn.mixing`) has a single object to ask
+"which of these updates may I merge, and how":
+
+1. **Blacklist.** Updates whose origin is blacklisted (by the node's gossiped
+   blacklist, :mod:`.blacklist`, or by the local AUROR detector) are dropped
+   before anything else looks at them: a convicted peer must not even shape the
+   clustering that judges the others.
+2. **AUROR** (optional, :mod:`.auror`). Every surviving update becomes a feature
+   vector ``v_j[C] - w[C]`` (the peer's public values minus the node's own
+   parameters, on the detector's coordinate subset ``C``) and the detector is
+   evaluated once per screening. A peer the evaluation blacklists is reported
+   through ``on_verdict`` (the node turns it into a signed accusation) and its
+   update is dropped; a peer merely *flagged* by this evaluation (in the minority
+   on at least ``tau`` of the indicative features, not yet convicted) has this
+   one update dropped too (``drop_flagged``), unless it is borderline and
+   polling is on, in which case the update is held until the neighbours' poll
+   decides.
+3. **A robust rule** (optional, :mod:`.robust`) on what is left: median, trimmed
+   mean, Krum / Multi-Krum, self-centred clipping or BALANCE, via
+   :meth:`Defense.aggregate` (for rules that combine a set of updates) or
+   :meth:`Defense.per_update` (for GoSGD, which merges one push at a time).
+
+So ``"auror+clipping"`` means: AUROR filters, clipping bounds what is left.
+
+Why feature vectors are computed at screening time, not at arrival: the mixing
+rule screens its buffer when it merges, right after local training, so every
+buffered update of one screening is compared with the same ``w`` (the node's
+freshly trained parameters), and the peers' published values are freshly trained
+parameters too. The AUROR docstring's argument for differences (they remove the
+common trajectory that raw parameters of different ages would not share) holds
+across screenings, as the window mixes vectors of several of them.
+
+Sparse updates: ``v_j`` is the peer's *public state* on ``C``, kept per peer and
+overwritten on the coordinates each update carries, starting from ``initial``
+(the session's common initial model) when given, else from the node's own
+parameters when the peer is first heard (an approximation that only matters
+until the peer has published every coordinate of ``C`` once).
+
+Everything here is synchronous and deterministic; callbacks run inside
+:meth:`Defense.screen` (the mixing rule's merge). A node that merges in a worker
+thread must make ``on_verdict`` and the poller thread-safe (queue the effects to
+its event loop); the simulator merges on the event loop itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Final, Protocol
+
+import numpy as np
+import torch
+
+from deepgossip.learn.sharing import SparseUpdate
+from deepgossip.trust.accusation import Evidence
+from deepgossip.trust.auror import DEFAULT_AUROR, AurorConfig, AurorDetector
+from deepgossip.trust.robust import RULES as ROBUST_RULES
+from deepgossip.trust.robust import NotEnoughPeers, RobustConfig, aggregate
+
+__all__ = [
+    "DEFENSE_NAMES",
+    "FALLBACKS",
+    "GOSGD_RULES",
+    "Conviction",
+    "Defense",
+    "DefenseConfig",
+    "Poller",
+    "Screened",
+]
+
+FALLBACKS: Final = ("keep", "mean")
+"""What :meth:`Defense.aggregate` does when the robust rule cannot run."""
+
+GOSGD_RULES: Final = ("mean", "clipping", "balance")
+"""Robust rules that work one update at a time (GoSGD); the others need a set."""
+
+DEFENSE_NAMES: Final = ("none", "auror", *ROBUST_RULES)
+"""Parts a defence name is built from (joined with ``+``, e.g. ``auror+clipping``)."""
+
+MAX_EVIDENCE: Final = 8
+"""Flagged updates remembered per peer as accusation evidence (newest last); the
+accusation format accepts a bounded number and the newest are the most telling."""
+
+
+@dataclass(frozen=True)
+class DefenseConfig:
+    """What a node does to the updates it receives; every default written here once.
+
+    The default is no defence at all (``name == "none"``): enabling the trust
+    layer must be a deliberate choice of an experiment or a session, because
+    every defence trades some benign-case accuracy (or latency) for robustness.
+    """
+
+    auror: bool = False
+    """Run AUROR (:class:`~.auror.AurorDetector`) over the received updates."""
+    auror_config: AurorConfig = DEFAULT_AUROR
+    """The detector's settings; its ``seed`` is replaced per node (see
+    :class:`Defense`), so nodes judge different coordinate subsets."""
+    robust: RobustConfig = field(default_factory=RobustConfig)
+    """The robust rule applied after the filters; ``mean`` (the default) is the
+    undefended average, i.e. no robust rule."""
+    blacklist: bool = True
+    """Spread AUROR's verdicts as signed accusations and adopt others' (the node's
+    :class:`~.blacklist.BlacklistCore`). On by default whenever AUROR runs: a
+    verdict that stays local protects one node, the network needs all of them.
+    Off: each node only drops what its own detector convicted."""
+    polling: bool = False
+    """Before dropping a flagged update of a peer whose suspicion is borderline,
+    ask a few neighbours (:meth:`~.blacklist.BlacklistCore.poll`) and hold the
+    update until they decide. Off by default: it delays such updates by up to
+    a poll timeout, and AUROR's decayed suspicion already forgives isolated
+    false flags; turn it on where honest peers are flagged often (non-IID)."""
+    drop_flagged: bool = True
+    """Drop the update of a peer flagged by the current AUROR evaluation even
+    before its suspicion reaches the blacklist threshold. The AUROR paper
+    excludes flagged participants at once; a false flag costs one update of
+    one peer (harmless), a true one keeps the first poisoned updates out
+    during the two or three evaluations conviction takes."""
+    fallback: str = "keep"
+    """When the robust rule cannot run (Krum with ``n <= 2f + 2``): ``"keep"``
+    the node's own parameters (the updates are consumed, the event counted) or
+    ``"mean"``, average them undefended. ``keep``: averaging exactly when the
+    rule cannot vouch for the set is what the rule was chosen to avoid, and
+    skipping one merge costs little."""
+
+    def __post_init__(self) -> None:
+        if self.fallback not in FALLBACKS:
+            raise ValueError(f"fallback must be one of {FALLBACKS}, got {self.fallback!r}")
+
+    @property
+    def active(self) -> bool:
+        """True unless this is no defence at all."""
+        return self.auror or self.robust.rule != "mean"
+
+    @property
+    def name(self) -> str:
+        """``none``, ``auror``, a robust rule, or ``auror+<rule>``."""
+        parts = (["auror"] if self.auror else []) + (
+            [self.robust.rule] if self.robust.rule != "mean" else []
+        )
+        return "+".join(parts) or "none"
+
+    @classmethod
+    def from_name(
+        cls,
+        name: str,
+        *,
+        robust: RobustConfig | None = None,
+        **fields: object,
+    ) -> DefenseConfig:
+        """Parse ``none``, ``auror``, ``median``, ..., ``auror+clipping``.
+
+        ``robust`` supplies the rule's parameters (its ``rule`` is replaced by the
+        one named); other keywords set :class:`DefenseConfig` fields.
+        """
+        parts = [p.strip() for p in name.strip().lower().split("+") if p.strip()]
+        if not parts:
+            raise ValueError("empty defence name")
+        unknown = [p for p in parts if p not in DEFENSE_NAMES]
+        if unknown:
+            raise ValueError(
+                f"unknown defence {'+'.join(unknown)!r}; combine {', '.join(DEFENSE_NAMES)}"
+            )
+        if "none" in parts and len(parts) > 1:
+            raise ValueError("'none' cannot be combined with another defence")
+        rules = [p for p in parts if p in ROBUST_RULES]
+        if len(rules) > 1:
+            raise ValueError(f"at most one robust rule per defence, got {'+'.join(rules)}")
+        if len(set(parts)) != len(parts):
+            raise ValueError(f"defence {name!r} names a part twice")
+        base = robust or RobustConfig()
+        chosen = replace(base, rule=rules[0] if rules else "mean")
+        return cls(auror="auror" in parts, robust=chosen, **fields)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class Conviction:
+    """A peer the local detector just blacklisted: what the node accuses it with."""
+
+    peer_id: bytes
+    suspicion: float
+    """On the blacklist's [0, 1] scale (:meth:`Defense.suspicion`)."""
+    evidence: tuple[Evidence, ...]
+    """Digests, rounds and AUROR fractions of its flagged updates, newest first."""
+    reason: str = "auror"
+
+
+class Poller(Protocol):
+    """How the defence asks neighbours about a borderline peer (the node's blacklist)."""
+
+    def is_borderline(self, suspicion: float) -> bool:
+        """Whether a peer this suspicious deserves a poll before its update is dropped."""
+        ...
+
+    def poll(self, peer_id: bytes) -> int | None:
+        """Start a poll about ``peer_id``; its id, or None if no poll can be held.
+
+        The decision comes back through :meth:`Defense.poll_decided`, possibly
+        before this returns (no neighbour to ask): the defence handles both orders.
+        """
+        ...
+
+
+@dataclass
+class Screened:
+    """What :meth:`Defense.screen` decided for one batch of updates."""
+
+    accepted: list[SparseUpdate] = field(default_factory=list)
+    """Updates that may be merged, in input order (released poll updates first)."""
+    rejected: list[tuple[SparseUpdate, str]] = field(default_factory=list)
+    """Dropped updates with the reason: ``blacklisted``, ``auror_blacklisted``,
+    ``auror_flagged``, ``poll_discard``."""
+    held: int = 0
+    """Updates held back for a neighbour poll (they come back through a later screen)."""
+
+
+def update_digest(update: SparseUpdate) -> bytes:
+    """SHA-256 of an update's payload (indices, if sparse, then values): evidence."""
+    h = hashlib.sha256()
+    if update.indices is not None:
+        h.update(np.ascontiguousarray(update.indices).tobytes())
+    h.update(np.ascontiguousarray(update.values).tobytes())
+    return h.digest()
+
+
+class Defense:
+    """One node's defence; see the module docstring for the order of the filters.
+
+    Args:
+        config: the session's :class:`DefenseConfig`.
+        size: length of the flat parameter vector.
+        seed: per-node seed of AUROR's coordinate subset (from private randomness
+            in a real node: a subset attackers can predict is one they can avoid).
+        initial: the common initial parameters (the public state of a peer that
+            has not yet published a coordinate); default: own parameters at first
+            contact.
+        is_blacklisted: the node's blacklist predicate (gossiped verdicts);
+            default: only the local detector's.
+        on_verdict: called with each :class:`Conviction` (publish an accusation).
+        poller: the neighbour poll (with ``config.polling``).
+    """
+
+    def __init__(
+        self,
+        config: DefenseConfig,
+        *,
+        size: int,
+        seed: int = 0,
+        initial: torch.Tensor | None = None,
+        is_blacklisted: Callable[[bytes], bool] | None = None,
+        on_verdict: Callable[[Conviction], None] | None = None,
+        poller: Poller | None = None,
+    ) -> None:
+        if size < 1:
+            raise ValueError("size must be >= 1")
+        if initial is not None and initial.numel() != size:
+            raise ValueError(f"initial has {initial.numel()} values, expected {size}")
+        self.config = config
+        self.size = size
+        self.progress = 0.0
+        """Training progress ``t / T`` in [0, 1], set by the caller (BALANCE's
+        shrinking radius reads it)."""
+        self.stats: Counter[str] = Counter()
+        """Counters: ``screened``, ``accepted``, rejections by reason,
+        ``evaluations``, ``verdicts``, ``polls``, ``fallback_*``, ``clipped``."""
+        self._is_blacklisted = is_blacklisted
+        self._on_verdict = on_verdict
+        self._poller = poller
+        self.detector: AurorDetector | None = None
+        self._coords: np.ndarray | None = None
+        self._coords_t: torch.Tensor | None = None
+        self._initial: np.ndarray | None = None
+        if config.auror:
+            self.detector = AurorDetector(replace(config.auror_config, seed=seed))
+            self._coords = self.detector.coordinates_for(size)
+            self._coords_t = torch.from_numpy(self._coords)
+            if initial is not None:
+                self._initial = initial.detach()[self._coords_t].numpy().astype(np.float64)
+        self._public: dict[bytes, np.ndarray] = {}
+        self._evidence: dict[bytes, list[Evidence]] = {}
+        self._held: dict[int, SparseUpdate] = {}
+        self._early: dict[int, bool] = {}  # poll decisions that beat their registration
+        self._decided: list[tuple[SparseUpdate, bool]] = []
+
+    # -- queries ----------------------------------------------------------------------
+
+    def is_blacklisted(self, peer_id: bytes) -> bool:
+        """Blacklisted by the node's blacklist or by the local detector."""
+        if self.detector is not None and self.detector.is_blacklisted(peer_id):
+            return True
+        return self._is_blacklisted is not None and self._is_blacklisted(peer_id)
+
+    def suspicion(self, peer_id: bytes) -> float | None:
+        """The local view of ``peer_id`` on the blacklist's [0, 1] scale; None if never judged.
+
+        AUROR's decayed score lives in ``[0, 1 / (1 - decay)]`` and convicts at
+        ``blacklist_threshold``; ``min(1, s / (2 * threshold))`` maps the
+        conviction point to 0.5, the blacklist's ``suspicion_threshold``, so
+        polls and own-evidence adoption read the detector on the scale they
+        expect (:mod:`.blacklist`'s wiring example).
+        """
+        det = self.detector
+        if det is None or not det.has_judged(peer_id):
+            return None
+        return min(1.0, det.suspicion(peer_id) / (2.0 * det.config.blacklist_threshold))
+
+    def own_suspicion(self, peer_id: bytes, evidence: Sequence[Evidence] = ()) -> float | None:
+        """:data:`~.blacklist.SuspicionFn` for the node's blacklist core."""
+        del evidence  # the detector's score already sums everything it saw
+        return self.suspicion(peer_id)
+
+    @property
+    def held(self) -> int:
+        """Updates waiting for a neighbour poll."""
+        return len(self._held)
+
+    @property
+    def held_weight(self) -> float:
+        """Mixing weight (GoSGD alpha) carried by updates held for polls or
+        decided but not yet returned by :meth:`screen`."""
+        return sum(u.weight for u in self._held.values()) + sum(u.weight for u, _ in self._decided)
+
+    # -- polls ------------------------------------------------------------------------
+
+    def poll_decided(self, poll_id: int, discard: bool) -> None:
+        """The neighbours' answer to a poll; the held update returns at the next screen."""
+        update = self._held.pop(poll_id, None)
+        if update is None:
+            self._early[poll_id] = discard
+            return
+        self._decided.append((update, discard))
+
+    # -- screening --------------------------------------------------------------------
+
+    def screen(
+        self, local: torch.Tensor, updates: Sequence[SparseUpdate], now: float = 0.0
+    ) -> Screened:
+        """Decide which of ``updates`` may be merged into ``local`` (not modified).
+
+        Also returns (first) the updates whose poll ended since the last call.
+        Runs AUROR once over the batch when it is enabled and the batch is not
+        empty. ``now`` is unused by the defence itself and passed for symmetry
+        with the mixing rules (the callbacks read their own clocks).
+        """
+        del now
+        out = Screened()
+        decided, self._decided = self._decided, []
+        for u, discard in decided:
+            if discard:
+                out.rejected.append((u, "poll_discard"))
+            elif self.is_blacklisted(u.origin):
+                out.rejected.append((u, "blacklisted"))
+            else:
+                out.accepted.append(u)
+        fresh: list[SparseUpdate] = []
+        for u in updates:
+            if self.is_blacklisted(u.origin):
+                out.rejected.append((u, "blacklisted"))
+            else:
+                fresh.append(u)
+        self.stats["screened"] += len(decided) + len(updates)
+        if self.detector is not None and fresh:
+            fresh = self._auror(local, fresh, out)
+        out.accepted.extend(fresh)
+        self.stats["accepted"] += len(out.accepted)
+        for _, reason in out.rejected:
+            self.stats[f"rejected_{reason}"] += 1
+        return out
+
+    def _features(self, local: torch.Tensor, update: SparseUpdate) -> np.ndarray:
+        """``v_j[C] - w[C]`` with ``v_j`` the peer's public state (see the module docstring)."""
+        assert self._coords is not None and self._coords_t is not None
+        own = local.detach()[self._coords_t].numpy().astype(np.float64)
+        if update.indices is None:
+            values = np.asarray(update.values, dtype=np.float64)[self._coords]
+            self._public[update.origin] = values
+            return values - own
+        state = self._public.get(update.origin)
+        if state is None:
+            state = (self._initial if self._initial is not None else own).copy()
+        idx = np.asarray(update.indices, dtype=np.int64)
+        pos = np.searchsorted(self._coords, idx)
+        inside = pos < self._coords.size
+        hit = np.zeros(idx.size, dtype=bool)
+        hit[inside] = self._coords[pos[inside]] == idx[inside]
+        state[pos[hit]] = np.asarray(update.values, dtype=np.float64)[hit]
+        self._public[update.origin] = state
+        return state - own
+
+    def _auror(
+        self, local: torch.Tensor, batch: list[SparseUpdate], out: Screened
+    ) -> list[SparseUpdate]:
+        det = self.detector
+        assert det is not None
+        for u in batch:
+            det.observe(u.origin, self._features(local, u))
+        verdict = det.evaluate()
+        self.stats["evaluations"] += int(verdict.evaluated)
+        for u in batch:
+            if u.origin in verdict.flagged:
+                ev = self._evidence.setdefault(u.origin, [])
+                ev.append(Evidence(update_digest(u), int(u.round), verdict.fractions[u.origin]))
+                del ev[:-MAX_EVIDENCE]
+        for peer in sorted(verdict.blacklisted):
+            self.stats["verdicts"] += 1
+            self._public.pop(peer, None)
+            if self._on_verdict is not None:
+                evidence = tuple(reversed(self._evidence.get(peer, ())))
+                self._on_verdict(Conviction(peer, self.suspicion(peer) or 0.0, evidence))
+        kept: list[SparseUpdate] = []
+        for u in batch:
+            if u.origin in verdict.blacklisted:
+                out.rejected.append((u, "auror_blacklisted"))
+            elif u.origin in verdict.flagged and self.config.drop_flagged:
+                if not self._hold_for_poll(u):
+                    out.rejected.append((u, "auror_flagged"))
+                else:
+                    out.held += 1
+            else:
+                kept.append(u)
+        return kept
+
+    def _hold_for_poll(self, update: SparseUpdate) -> bool:
+        """Start a poll for a flagged update of a borderline peer; True if held."""
+        poller = self._poller
+        if not self.config.polling or poller is None:
+            return False
+        if not poller.is_borderline(self.suspicion(update.origin) or 0.0):
+            return False
+        poll_id = poller.poll(update.origin)
+        if poll_id is None:
+            return False
+        self.stats["polls"] += 1
+        early = self._early.pop(poll_id, None)
+        if early is not None:
+            self._decided.append((update, early))
+        else:
+            self._held[poll_id] = update
+        return True
+
+    # -- robust rules -----------------------------------------------------------------
+
+    def aggregate(
+        self, local: torch.Tensor, updates: Sequence[SparseUpdate]
+    ) -> torch.Tensor | None:
+        """The robust rule over ``{local} ∪ updates`` (densified over ``local``).
+
+        Returns the new parameters (a fresh tensor), or None to keep ``local``
+        unchanged (the rule could not run and ``fallback == "keep"``; counted
+        as ``fallback_keep``). With the ``mean`` rule this is the plain average.
+        """
+        if not updates:
+            return None
+        peers = [u.to_dense(local) for u in updates]
+        try:
+            result = aggregate(local, peers, self.config.robust, min(1.0, max(0.0, self.progress)))
+        except NotEnoughPeers:
+            self.stats[f"fallback_{self.config.fallback}"] += 1
+            if self.config.fallback == "keep":
+                return None
+            result = aggregate(local, peers, replace(self.config.robust, rule="mean"))
+        self.stats["robust_rejected"] += len(peers) - len(result.accepted)
+        return result.value
+
+    def per_update(
+        self, local: torch.Tensor, updates: Sequence[SparseUpdate]
+    ) -> list[tuple[SparseUpdate, bool]]:
+        """One-at-a-time robust rules for GoSGD: each update, possibly clipped, and
+        whether it may be merged.
+
+        ``balance``: an update is refused when its distance to ``local`` (over
+        the coordinates it carries) exceeds ``gamma * exp(-kappa * progress) *
+        ||local||``. ``clipping``: the update's values are moved so that
+        ``v - w`` has norm at most the radius (``clip_radius``, or the automatic
+        radius over this batch's distances; a lone update is then its own radius
+        and is not clipped: set ``clip_radius`` for GoSGD). Other rules pass
+        everything through; :class:`~deepgossip.learn.mixing.GoSGD` refuses a
+        defence whose rule needs a set.
+        """
+        rule = self.config.robust.rule
+        if rule not in ("clipping", "balance") or not updates:
+            return [(u, True) for u in updates]
+        diffs = []
+        for u in updates:
+            idx = u.index_tensor()
+            diffs.append((idx, u.value_tensor() - local[idx]))
+        distances = [float(torch.linalg.vector_norm(d)) for _, d in diffs]
+        out: list[tuple[SparseUpdate, bool]] = []
+        cfg = self.config.robust
+        if rule == "balance":
+            progress = min(1.0, max(0.0, self.progress))
+            limit = (
+                cfg.balance_gamma
+                * math.exp(-cfg.balance_kappa * progress)
+                * float(torch.linalg.vector_norm(local))
+            )
+            for u, dist in zip(updates, distances, strict=True):
+                ok = dist <= limit
+                self.stats["robust_rejected"] += int(not ok)
+                out.append((u, ok))
+            return out
+        radius = cfg.clip_radius
+        if radius is None:
+            radius = _auto_radius(distances, cfg.f)
+        for u, (idx, diff), dist in zip(updates, diffs, distances, strict=True):
+            if dist <= radius or dist == 0.0:
+                out.append((u, True))
+                continue
+            self.stats["clipped"] += 1
+            values = local[idx] + diff * (radius / dist)
+            out.append((replace(u, values=values.numpy().astype(np.float32)), True))
+        return out
+
+
+def _auto_radius(distances: Sequence[float], f: int) -> float:
+    """The ``(f + 1)``-th largest distance (:func:`~.robust.auto_clip_radius`'s rule)."""
+    ordered = sorted(distances)
+    return ordered[max(len(ordered) - 1 - f, 0)] if ordered else 0.0
