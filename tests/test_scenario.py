@@ -78,3 +78,23 @@ def test_the_same_scenario_runs_as_real_processes(tmp_path: Path) -> None:
     assert result["accuracy_min"] > 0.8
     assert "real node processes" in (out / "report.md").read_text()
     assert (out / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_learned_trust_rule_runs_in_the_simulator() -> None:
+    """trust needs held-out data: each simulated node keeps 10% of its share."""
+    from deepgossip.experiments.learning_sim import LearningSimSettings, run_learning_sim
+    from deepgossip.learn.mixing import MixingConfig
+
+    result = run_learning_sim(
+        LearningSimSettings(
+            nodes=3,
+            dataset="digits",
+            model="mlp",
+            rounds=30,
+            eval_every=10,
+            threads=1,
+            references=False,
+            mixing=MixingConfig(rule="trust", period=10),
+        )
+    )
+    assert result["updates_merged_per_node"] > 10 and result["accuracy_min"] > 0.85

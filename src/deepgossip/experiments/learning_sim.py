@@ -40,6 +40,7 @@ from deepgossip.learn.train import (
     train_steps,
     unseen_class_accuracies,
 )
+from deepgossip.learn.trust_weights import HoldoutEvaluator
 from deepgossip.net.sim import LinkModel, SimNetwork
 from deepgossip.node import Node
 from deepgossip.session import Session
@@ -47,6 +48,9 @@ from deepgossip.wire.identity import Identity
 
 CURVE_SUBSET = 2000
 """Test images for the per-round curves; final figures use the whole test set."""
+TRUST_HOLDOUT = 0.1
+"""Share of its partition a node keeps out of training to score its peers with
+(``trust`` rule only; the references train on everything)."""
 
 
 @dataclass(frozen=True)
@@ -202,6 +206,13 @@ def run_learning_sim(
         )
         node.host.add_core("learn", exchange)
         index = torch.from_numpy(np.asarray(indices, dtype=np.int64))
+        evaluator = None
+        if settings.mixing.rule == "trust":
+            # Learned trust scores peers on data the node does not train on.
+            shuffled = index[torch.randperm(len(index), generator=torch.Generator().manual_seed(i))]
+            hold = max(1, int(len(index) * TRUST_HOLDOUT))
+            evaluator = HoldoutEvaluator(model, x_train[shuffled[:hold]], y_train[shuffled[:hold]])
+            index = shuffled[hold:]
         peer = _Peer(
             node=node,
             model=model,
@@ -211,7 +222,11 @@ def run_learning_sim(
             generator=torch.Generator().manual_seed(settings.seed + i),
             sharer=Sharer(flatten(model), settings.sharing, seed=settings.seed + i),
             rule=make_rule(
-                settings.mixing, size=size, self_id=identity.node_id, num_nodes=settings.nodes
+                settings.mixing,
+                size=size,
+                self_id=identity.node_id,
+                num_nodes=settings.nodes,
+                evaluator=evaluator,
             ),
             exchange=exchange,
             np_rng=np.random.default_rng(settings.seed + i),
