@@ -49,6 +49,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from dataclasses import fields as dataclass_fields
 from typing import Any
 
 import numpy as np
@@ -151,6 +152,31 @@ class PoisoningSettings:
         if unknown:
             raise ValueError(f"unknown references {sorted(unknown)}; choose from {REFERENCES}")
         self.learning  # validates optimizer and schedule  # noqa: B018
+
+    @classmethod
+    def from_learning(
+        cls,
+        learning: LearningSimSettings,
+        *,
+        malicious: float,
+        attack: AttackConfig,
+        defense: DefenseConfig | str,
+        **fields: Any,
+    ) -> PoisoningSettings:
+        """A poisoning experiment on top of a learning scenario's settings.
+
+        What a scenario runner needs: its ``[scenario]``, ``[mixing]`` and
+        ``[sharing]`` tables already make a :class:`LearningSimSettings`; add the
+        fraction of attackers, ``AttackConfig.from_section(table["attack"])`` and
+        a defence (a name such as ``"auror+clipping"``, or a config).
+        """
+        shared = ({f.name for f in dataclass_fields(cls)} - {"references"}) & {
+            f.name for f in dataclass_fields(LearningSimSettings)
+        }
+        base = {name: getattr(learning, name) for name in shared}
+        if isinstance(defense, str):
+            defense = DefenseConfig.from_name(defense)
+        return cls(**{**base, **fields}, malicious=malicious, attack=attack, defense=defense)
 
     @property
     def malicious_count(self) -> int:

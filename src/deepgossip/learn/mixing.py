@@ -393,20 +393,19 @@ class GoSGD(MixingRule):
         touched = torch.zeros(local.numel(), dtype=torch.bool)
         batch = [p.update for p in self._pending]
         self._pending.clear()
+        rejected_weight = 0.0
         if self.defense is not None:
             screened = self.defense.screen(local, batch, now)
             report.held = screened.held
-            # A rejected push keeps its weight (see the module docstring).
-            for u, _ in screened.rejected:
-                self.alpha += u.weight
-                report.rejected += 1
+            rejected_weight = sum(u.weight for u, _ in screened.rejected)
+            report.rejected = len(screened.rejected)
             plan = self.defense.per_update(local, screened.accepted)
         else:
             plan = [(u, True) for u in batch]
         for u, ok in plan:
             a_r, a_s = self.alpha, u.weight
             if not ok:
-                self.alpha = a_r + a_s
+                rejected_weight += a_s
                 report.rejected += 1
                 continue
             values = u.value_tensor()
@@ -420,6 +419,9 @@ class GoSGD(MixingRule):
             self.alpha = a_r + a_s
             report.merged += 1
             report.weights[u.origin] = a_s
+        # A rejected push keeps its weight (module docstring): the accepted ones
+        # mix as if it had never arrived, then its alpha joins ours.
+        self.alpha += rejected_weight
         report.coordinates = int(touched.sum())
         return report
 

@@ -50,9 +50,9 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Final, Protocol
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Final, Protocol
 
 import numpy as np
 import torch
@@ -152,7 +152,7 @@ class DefenseConfig:
         name: str,
         *,
         robust: RobustConfig | None = None,
-        **fields: object,
+        **options: Any,
     ) -> DefenseConfig:
         """Parse ``none``, ``auror``, ``median``, ..., ``auror+clipping``.
 
@@ -176,7 +176,26 @@ class DefenseConfig:
             raise ValueError(f"defence {name!r} names a part twice")
         base = robust or RobustConfig()
         chosen = replace(base, rule=rules[0] if rules else "mean")
-        return cls(auror="auror" in parts, robust=chosen, **fields)  # type: ignore[arg-type]
+        return cls(auror="auror" in parts, robust=chosen, **options)
+
+    @classmethod
+    def from_section(cls, table: Mapping[str, Any]) -> DefenseConfig:
+        """From a session or scenario file's ``[defense]`` table.
+
+        ``name`` (default ``"none"``) as :meth:`from_name`; a ``[defense.robust]``
+        table with :class:`~.robust.RobustConfig` fields, a ``[defense.auror]``
+        table with :class:`~.auror.AurorConfig` fields, and any other
+        :class:`DefenseConfig` field. Unknown keys are errors.
+        """
+        values = dict(table)
+        name = str(values.pop("name", "none"))
+        robust = RobustConfig(**values.pop("robust", {}))
+        if "auror" in values:
+            values["auror_config"] = AurorConfig(**values.pop("auror"))
+        known = {f.name for f in fields(cls)} - {"auror", "robust"}
+        if unknown := sorted(set(values) - known):
+            raise ValueError(f"unknown [defense] keys: {', '.join(unknown)}")
+        return cls.from_name(name, robust=robust, **values)
 
 
 @dataclass(frozen=True, slots=True)

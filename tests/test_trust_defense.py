@@ -1,0 +1,395 @@
+"""The per-node defence and its hooks: mixing rules and the node's gossiped blacklist."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from deepgossip.learn.mixing import Averaging, GoSGD, MixingConfig, make_rule
+from deepgossip.learn.sharing import SparseUpdate
+from deepgossip.net.sim import SimNetwork
+from deepgossip.node import Node
+from deepgossip.session import Session
+from deepgossip.trust.blacklist import BlacklistConfig, PeerBlacklisted
+from deepgossip.trust.defense import Conviction, Defense, DefenseConfig, update_digest
+from deepgossip.trust.robust import RobustConfig, coordinate_median
+from deepgossip.wire.identity import Identity
+
+SIZE = 400
+
+
+def dense(
+    values: np.ndarray | list[float], origin: bytes, rnd: int = 1, **kw: object
+) -> SparseUpdate:
+    array = np.asarray(values, dtype=np.float32)
+    return SparseUpdate(values=array, size=array.size, origin=origin, round=rnd, **kw)  # type: ignore[arg-type]
+
+
+def peer_id(i: int) -> bytes:
+    return bytes([i]) * 16
+
+
+# ----------------------------------------------------------------------- the config
+
+
+@pytest.mark.parametrize(
+    ("name", "auror", "rule"),
+    [
+        ("none", False, "mean"),
+        ("auror", True, "mean"),
+        ("median", False, "median"),
+        ("trimmed_mean", False, "trimmed_mean"),
+        ("krum", False, "krum"),
+        ("clipping", False, "clipping"),
+        ("balance", False, "balance"),
+        ("auror+clipping", True, "clipping"),
+        ("Clipping+AUROR", True, "clipping"),
+    ],
+)
+def test_defense_names_parse_and_round_trip(name: str, auror: bool, rule: str) -> None:
+    config = DefenseConfig.from_name(name)
+    assert (config.auror, config.robust.rule) == (auror, rule)
+    assert DefenseConfig.from_name(config.name) == config
+    assert config.active == (name != "none")
+
+
+@pytest.mark.parametrize("name", ["", "foo", "median+krum", "none+auror", "auror+auror"])
+def test_bad_defense_names_are_refused(name: str) -> None:
+    with pytest.raises(ValueError):
+        DefenseConfig.from_name(name)
+
+
+def test_from_name_keeps_the_rule_parameters_and_fields() -> None:
+    config = DefenseConfig.from_name(
+        "auror+trimmed_mean", robust=RobustConfig(trim=0.2), polling=True, blacklist=False
+    )
+    assert config.robust == RobustConfig(rule="trimmed_mean", trim=0.2)
+    assert config.polling and not config.blacklist
+    with pytest.raises(ValueError):
+        DefenseConfig(fallback="panic")
+
+
+# ------------------------------------------------------------------------- screening
+
+
+def test_blacklisted_origins_are_dropped_before_anything_else() -> None:
+    banned = {peer_id(2)}
+    defense = Defense(DefenseConfig(), size=3, is_blacklisted=banned.__contains__)
+    local = torch.zeros(3)
+    ups = [dense([1, 1, 1], peer_id(1)), dense([9, 9, 9], peer_id(2)), dense([2, 2, 2], peer_id(3))]
+    screened = defense.screen(local, ups)
+    assert [u.origin for u in screened.accepted] == [peer_id(1), peer_id(3)]
+    assert [(u.origin, why) for u, why in screened.rejected] == [(peer_id(2), "blacklisted")]
+    # Through the averaging rule: the banned peer's values never enter.
+    rule = Averaging(MixingConfig(rule="average"), size=3, defense=defense)
+    for u in ups:
+        assert rule.offer(u, now=0)
+    report = rule.merge(local, now=0)
+    assert report.merged == 2 and report.rejected == 1
+    assert torch.allclose(local, torch.full((3,), 1.0))  # mean of 0, 1, 2
+
+
+def _crowd(rng: np.random.Generator, base: np.ndarray, bad: set[int], n: int) -> list[SparseUpdate]:
+    """``n`` peers around ``base``; the ``bad`` ones all shifted the same way."""
+    out = []
+    for i in range(n):
+        v = base + rng.normal(0, 0.01, base.size)
+        if i in bad:
+            v = v + 0.2  # a consistent push, 20 honest sigmas
+        out.append(dense(v, peer_id(i + 1), rnd=0))
+    return out
+
+
+def test_auror_verdicts_reach_the_callback_and_drop_the_poisoners() -> None:
+    rng = np.random.default_rng(0)
+    convictions: list[Conviction] = []
+    defense = Defense(DefenseConfig(auror=True), size=SIZE, seed=3, on_verdict=convictions.append)
+    local = torch.zeros(SIZE)
+    bad = {0, 4, 7}
+    reasons: list[set[str]] = []
+    for rnd in range(1, 6):
+        ups = [dense(u.values, u.origin, rnd=rnd) for u in _crowd(rng, np.zeros(SIZE), bad, n=10)]
+        screened = defense.screen(local, ups)
+        reasons.append({why for _, why in screened.rejected})
+        # Honest peers always pass (in IID noise nobody honest is in a minority).
+        assert {u.origin for u in screened.accepted} == {peer_id(i + 1) for i in range(10)} - {
+            peer_id(i + 1) for i in bad
+        }
+    assert {c.peer_id for c in convictions} == {peer_id(i + 1) for i in bad}
+    assert reasons[0] == {"auror_flagged"}  # dropped at once, convicted on the third flag
+    assert "auror_blacklisted" in reasons[2] and reasons[-1] == {"blacklisted"}
+    for c in convictions:
+        assert c.reason == "auror" and 0.5 <= c.suspicion <= 1.0
+        assert 1 <= len(c.evidence) <= 8
+        assert c.evidence[0].round == 3 and c.evidence[-1].round == 1  # newest first
+        assert all(e.score >= 0.6 and len(e.digest) == 32 for e in c.evidence)
+    assert defense.suspicion(peer_id(2)) is not None and defense.suspicion(peer_id(2)) < 0.25
+    assert defense.suspicion(peer_id(99)) is None  # never judged: no opinion
+    assert defense.stats["verdicts"] == 3
+
+
+def test_honest_crowds_are_never_dropped() -> None:
+    rng = np.random.default_rng(1)
+    convictions: list[Conviction] = []
+    defense = Defense(DefenseConfig(auror=True), size=SIZE, seed=5, on_verdict=convictions.append)
+    for _ in range(10):
+        defense.screen(torch.zeros(SIZE), _crowd(rng, np.zeros(SIZE), set(), n=9))
+    assert convictions == []
+    assert defense.stats["rejected_auror_flagged"] <= 2  # rare false flags, never convictions
+
+
+def test_sparse_updates_are_judged_on_the_public_state() -> None:
+    initial = torch.arange(SIZE, dtype=torch.float32)
+    defense = Defense(DefenseConfig(auror=True), size=SIZE, seed=0, initial=initial)
+    local = initial + 1.0
+    update = SparseUpdate(
+        values=np.array([7.0, 8.0], dtype=np.float32),
+        indices=np.array([3, 10], dtype=np.int32),
+        size=SIZE,
+        origin=peer_id(1),
+    )
+    features = defense._features(local, update)
+    expected = initial.numpy().astype(np.float64) - local.numpy()
+    expected[3], expected[10] = 7.0 - 4.0, 8.0 - 11.0
+    assert np.allclose(features, expected)
+    # The next update overwrites only what it carries.
+    later = SparseUpdate(
+        values=np.array([0.0], dtype=np.float32),
+        indices=np.array([10], dtype=np.int64),
+        size=SIZE,
+        origin=peer_id(1),
+    )
+    features = defense._features(local, later)
+    assert features[3] == pytest.approx(3.0) and features[10] == pytest.approx(-11.0)
+
+
+def test_update_digest_covers_indices_and_values() -> None:
+    a = SparseUpdate(values=np.ones(2, np.float32), indices=np.array([0, 1], np.int32), size=4)
+    b = SparseUpdate(values=np.ones(2, np.float32), indices=np.array([0, 2], np.int32), size=4)
+    assert update_digest(a) != update_digest(b)
+    assert update_digest(a) == update_digest(
+        SparseUpdate(values=np.ones(2, np.float32), indices=np.array([0, 1], np.int32), size=4)
+    )
+
+
+# --------------------------------------------------------------------- robust rules
+
+
+def test_averaging_merges_by_the_robust_aggregate() -> None:
+    defense = Defense(DefenseConfig.from_name("median"), size=3)
+    rule = make_rule(MixingConfig(rule="average"), size=3, defense=defense)
+    peers = [[1.0, 5.0, 0.0], [2.0, -5.0, 0.0], [100.0, 100.0, 100.0]]
+    for i, v in enumerate(peers):
+        rule.offer(dense(v, peer_id(i + 1)), now=0)
+    local = torch.tensor([0.0, 0.0, 0.0])
+    expected = coordinate_median(local, [torch.tensor(v) for v in peers])
+    report = rule.merge(local, now=0)
+    assert torch.equal(local, expected)
+    assert local.tolist() == [1.5, 2.5, 0.0]
+    assert report.merged == 3
+
+
+def test_krum_without_enough_peers_keeps_local_and_counts_it() -> None:
+    defense = Defense(DefenseConfig.from_name("krum"), size=2)
+    rule = Averaging(MixingConfig(rule="average"), size=2, defense=defense)
+    rule.offer(dense([4.0, 4.0], peer_id(1)), now=0)
+    rule.offer(dense([8.0, 8.0], peer_id(2)), now=0)
+    local = torch.zeros(2)
+    report = rule.merge(local, now=0)
+    assert local.tolist() == [0.0, 0.0] and report.merged == 0 and report.rejected == 2
+    assert defense.stats["fallback_keep"] == 1
+    # The "mean" fallback averages instead.
+    mean = Defense(DefenseConfig.from_name("krum", fallback="mean"), size=2)
+    rule = Averaging(MixingConfig(rule="average"), size=2, defense=mean)
+    rule.offer(dense([3.0, 3.0], peer_id(1)), now=0)
+    rule.merge(local, now=0)
+    assert local.tolist() == [1.5, 1.5] and mean.stats["fallback_mean"] == 1
+
+
+def test_auror_then_robust_rule_compose() -> None:
+    rng = np.random.default_rng(2)
+    defense = Defense(DefenseConfig.from_name("auror+trimmed_mean"), size=SIZE, seed=1)
+    rule = Averaging(MixingConfig(rule="average"), size=SIZE, defense=defense)
+    for u in _crowd(rng, np.zeros(SIZE), {0, 1}, n=8):
+        rule.offer(u, now=0)
+    local = torch.zeros(SIZE)
+    report = rule.merge(local, now=0)
+    assert report.rejected == 2 and report.merged == 6  # AUROR dropped the pushers
+    assert float(local.abs().max()) < 0.05  # nothing of their +0.2 got through
+
+
+# ------------------------------------------------------------------------------ GoSGD
+
+
+def test_gosgd_keeps_a_rejected_push_weight_and_never_its_values() -> None:
+    banned = {peer_id(2)}
+    defense = Defense(DefenseConfig(), size=2, is_blacklisted=banned.__contains__)
+    rule = GoSGD(MixingConfig(rule="gosgd"), size=2, num_nodes=4, defense=defense)
+    rule.offer(dense([1.0, 1.0], peer_id(1), weight=0.25), now=0)
+    rule.offer(dense([50.0, 50.0], peer_id(2), weight=0.125), now=0)
+    assert rule.pending_weight == pytest.approx(0.375)
+    local = torch.zeros(2)
+    report = rule.merge(local, now=0)
+    assert rule.alpha == pytest.approx(0.25 + 0.25 + 0.125)  # total conserved
+    assert local.tolist() == pytest.approx([0.5, 0.5])  # (0.25*0 + 0.25*1) / 0.5
+    assert report.merged == 1 and report.rejected == 1
+
+
+def test_gosgd_refuses_rules_that_need_a_set() -> None:
+    with pytest.raises(ValueError, match="one push at a time"):
+        GoSGD(
+            MixingConfig(rule="gosgd"),
+            size=2,
+            num_nodes=2,
+            defense=Defense(DefenseConfig.from_name("median"), size=2),
+        )
+
+
+def test_gosgd_clipping_bounds_each_pull_and_balance_refuses_far_updates() -> None:
+    clip = DefenseConfig.from_name("clipping", robust=RobustConfig(clip_radius=1.0))
+    rule = GoSGD(MixingConfig(rule="gosgd"), size=2, num_nodes=2, defense=Defense(clip, size=2))
+    rule.offer(dense([30.0, 40.0], peer_id(1), weight=0.5), now=0)  # distance 50
+    local = torch.zeros(2)
+    rule.merge(local, now=0)
+    # Clipped to (0.6, 0.8), then mixed with weight 0.5 / (0.5 + 0.5).
+    assert local.tolist() == pytest.approx([0.3, 0.4])
+
+    balance = Defense(DefenseConfig.from_name("balance"), size=2)
+    rule = GoSGD(MixingConfig(rule="gosgd"), size=2, num_nodes=2, defense=balance)
+    rule.offer(dense([10.0, 10.0], peer_id(1), weight=0.5), now=0)  # far: refused
+    rule.offer(dense([1.1, 1.0], peer_id(2), weight=0.5), now=0)  # near: merged
+    local = torch.ones(2)
+    report = rule.merge(local, now=0)
+    assert report.merged == 1 and report.rejected == 1
+    assert rule.alpha == pytest.approx(1.5)
+
+
+# ---------------------------------------------------------------- defense=None vs no-op
+
+
+@pytest.mark.parametrize("rule_name", ["average", "gosgd"])
+def test_a_defence_that_does_nothing_changes_nothing(rule_name: str) -> None:
+    rng = np.random.default_rng(4)
+    ups = [dense(rng.normal(size=16), peer_id(i + 1), weight=0.05, rnd=1) for i in range(5)] + [
+        SparseUpdate(
+            values=rng.normal(size=3).astype(np.float32),
+            indices=np.array([1, 5, 9], np.int32),
+            size=16,
+            origin=peer_id(9),
+            round=1,
+            weight=0.05,
+        )
+    ]
+    results = []
+    for defense in (None, Defense(DefenseConfig(), size=16)):
+        rule = make_rule(MixingConfig(rule=rule_name), size=16, num_nodes=4, defense=defense)
+        for u in ups:
+            rule.offer(u, now=0)
+        local = torch.linspace(-1, 1, 16)
+        rule.merge(local, now=0)
+        results.append(local)
+    assert torch.equal(results[0], results[1])
+
+
+# --------------------------------------------------------------------------- polling
+
+
+class FakePoller:
+    def __init__(self, defense_ref: list[Defense], decide_now: bool | None = None) -> None:
+        self.asked: list[bytes] = []
+        self.defense_ref = defense_ref
+        self.decide_now = decide_now
+
+    def is_borderline(self, suspicion: float) -> bool:
+        return True
+
+    def poll(self, peer: bytes) -> int | None:
+        self.asked.append(peer)
+        poll_id = len(self.asked)
+        if self.decide_now is not None:  # decided before poll() returns
+            self.defense_ref[0].poll_decided(poll_id, self.decide_now)
+        return poll_id
+
+
+@pytest.mark.parametrize("early", [False, True])
+def test_flagged_updates_wait_for_the_poll_and_come_back(early: bool) -> None:
+    rng = np.random.default_rng(0)
+    ref: list[Defense] = []
+    poller = FakePoller(ref, decide_now=False if early else None)
+    defense = Defense(DefenseConfig(auror=True, polling=True), size=SIZE, poller=poller)
+    ref.append(defense)
+    rule = Averaging(MixingConfig(rule="average"), size=SIZE, defense=defense)
+    for u in _crowd(rng, np.zeros(SIZE), {0}, n=8):
+        rule.offer(u, now=0)
+    report = rule.merge(torch.zeros(SIZE), now=0)
+    assert poller.asked == [peer_id(1)] and report.held == 1 and report.merged == 7
+    if not early:
+        assert defense.held == 1
+        defense.poll_decided(1, discard=False)  # the neighbours say keep
+    local = torch.zeros(SIZE)
+    report = rule.merge(local, now=1)  # nothing new buffered: only the released update
+    assert report.merged == 1 and float(local.mean()) > 0.05
+    assert defense.held == 0 and defense.held_weight == 0
+
+
+# ------------------------------------------------------------ the node's blacklist
+
+
+def _nodes(count: int) -> tuple[SimNetwork, list[Node]]:
+    net = SimNetwork(seed=1)
+    rng = random.Random(1)
+    nodes = []
+    for i in range(count):
+        address = (f"10.0.0.{i + 1}", 7000)
+        node = Node(
+            net,
+            address,
+            Identity.from_private_bytes(rng.randbytes(32)),
+            Session("defense-test"),
+            rng=net.rng_for(address),
+            wall_clock=net.now,
+            blacklist=BlacklistConfig(),
+        )
+        net.attach(address, node.host.receive)
+        nodes.append(node)
+    for i, node in enumerate(nodes):
+        node.start([nodes[0].address] if i else [])
+    net.run_until(8.0)
+    return net, nodes
+
+
+def test_node_spreads_a_verdict_and_peers_adopt_it_on_their_own_evidence() -> None:
+    net, nodes = _nodes(4)
+    accuser, suspect = nodes[0], nodes[3]
+    events: list[PeerBlacklisted] = []
+    nodes[1].host.subscribe(lambda e: events.append(e) if isinstance(e, PeerBlacklisted) else None)
+    nodes[1].own_suspicion = lambda peer, evidence: 0.45 if peer == suspect.node_id else None
+    assert len(accuser.live_peers()) == 3
+    accuser.accuse(suspect.node_id, 0.6, (), reason="auror")
+    net.run_until(net.now() + 3.0)
+    assert accuser.is_blacklisted(suspect.node_id)
+    assert suspect.node_id not in {m.node_id for m in accuser.live_peers()}
+    # One accuser is below the quorum (2), but node 1's own evidence agrees ...
+    assert nodes[1].is_blacklisted(suspect.node_id)
+    assert [(e.peer_id, e.by) for e in events] == [(suspect.node_id, "own_evidence")]
+    # ... node 2 has no opinion: one accusation is not enough.
+    assert not nodes[2].is_blacklisted(suspect.node_id)
+    # The suspect itself ignores accusations about itself.
+    assert not suspect.is_blacklisted(suspect.node_id)
+
+
+def test_nodes_without_a_blacklist_are_unchanged() -> None:
+    net = SimNetwork(seed=2)
+    node = Node(
+        net,
+        ("10.0.0.1", 7000),
+        Identity.from_private_bytes(bytes(32)),
+        Session("defense-test"),
+        wall_clock=net.now,
+    )
+    assert node.blacklist is None and not node.is_blacklisted(b"x" * 16)
+    with pytest.raises(RuntimeError):
+        node.accuse(b"x" * 16, 1.0, ())
