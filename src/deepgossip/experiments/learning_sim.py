@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import random
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -417,5 +418,7 @@ def _run_processes(*, json_path: str | None, **options: Any) -> dict[str, Any]:
     for name in ("rounds", "threads"):
         options.pop(name, None)
     settings = ProcessLearningSettings(**options)
-    out = Path(json_path).with_suffix("") if json_path else Path("bench-learning-processes")
+    del json_path  # the caller writes the JSON; the nodes' logs go to a scratch directory
+    out = Path(tempfile.mkdtemp(prefix="deepgossip-bench-learning-"))
+    print(f"node and tracker logs: {out / 'logs'}")
     return run_learning_processes(settings, out)
