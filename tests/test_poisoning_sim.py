@@ -1,0 +1,109 @@
+"""Poisoning on the simulated network: attackers found, blacklisted everywhere, learning goes on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from deepgossip.attacks.behaviour import AttackConfig
+from deepgossip.cli import main
+from deepgossip.experiments.learning_sim import LearningSimSettings
+from deepgossip.experiments.poisoning_sim import (
+    PoisoningSettings,
+    malicious_nodes,
+    run_poisoning_sim,
+)
+from deepgossip.trust.defense import DefenseConfig
+
+# Digits and a small MLP: a whole 10-node network trains in seconds.
+SMALL = {
+    "dataset": "digits",
+    "model": "mlp",
+    "steps_per_round": 8,
+    "batch_size": 32,
+    "lr": 3e-3,
+    "threads": 1,
+}
+
+
+@pytest.mark.slow
+def test_label_flippers_are_blacklisted_network_wide_while_honest_nodes_learn() -> None:
+    settings = PoisoningSettings(
+        nodes=10,
+        rounds=14,
+        eval_every=7,
+        malicious=0.3,
+        attack=AttackConfig(name="label_flip"),
+        defense=DefenseConfig(auror=True),
+        references=("no_attack",),
+        **SMALL,  # type: ignore[arg-type]
+    )
+    result = run_poisoning_sim(settings)
+    assert len(result["malicious_nodes"]) == 3
+    # Every honest node ignores every attacker (by its own verdict or a quorum) ...
+    assert result["detection"] == {"precision": 1.0, "recall": 1.0}
+    assert result["rounds_to_blacklist_all"] is not None
+    honest = set(range(10)) - set(result["malicious_nodes"])
+    assert {int(i) for i in result["blacklists"]} == honest
+    assert all(v == result["malicious_nodes"] for v in result["blacklists"].values())
+    # ... and no honest node is blacklisted anywhere, with or without an attack.
+    assert result["honest_blacklisted"] == 0
+    assert result["reference"]["no_attack_honest_blacklisted"] == 0
+    assert result["defense_stats"]["verdicts"] >= 3
+    # Honest nodes keep learning: far above chance, close to the network without attackers.
+    assert result["honest_accuracy_min"] > 0.8
+    assert result["accuracy_drop_vs_no_attack"] < 0.04
+    assert result["attack_success"] is None  # untargeted: no success rate
+
+
+def test_settings_are_validated_and_attackers_chosen_from_the_seed() -> None:
+    settings = PoisoningSettings(nodes=10, malicious=0.3, seed=3)
+    assert malicious_nodes(settings) == malicious_nodes(PoisoningSettings(nodes=10, seed=3))
+    assert len(malicious_nodes(settings)) == 3
+    assert malicious_nodes(settings) != malicious_nodes(PoisoningSettings(nodes=10, seed=4))
+    assert settings.mixing_config.rule == "average" and settings.mixing_config.fanout == 9
+    with pytest.raises(ValueError):
+        PoisoningSettings(nodes=10, malicious=0.01)  # an attack by nobody
+    with pytest.raises(ValueError):
+        PoisoningSettings(references=("bogus",))
+    with pytest.raises(ValueError):
+        PoisoningSettings(optimizer="rmsprop")
+    learning = LearningSimSettings(nodes=6, dataset="digits", model="mlp", rounds=5)
+    built = PoisoningSettings.from_learning(
+        learning, malicious=0.5, attack=AttackConfig(name="sign_flip"), defense="auror+median"
+    )
+    assert (built.nodes, built.rounds, built.dataset) == (6, 5, "digits")
+    assert built.defense == DefenseConfig.from_name("auror+median")
+    assert built.mixing_config == learning.mixing
+
+
+def test_bench_poisoning_cli_writes_the_json(tmp_path: Path) -> None:
+    out = tmp_path / "poisoning.json"
+    args = ["bench", "poisoning", "--nodes", "4", "--dataset", "digits", "--rounds", "2"]
+    args += ["--steps-per-round", "2", "--attack", "none", "--defense", "none"]
+    result = CliRunner().invoke(main, [*args, "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    for key in (
+        "honest_accuracy_mean",
+        "honest_accuracy_min",
+        "attack_success",
+        "rounds_to_blacklist_all",
+        "honest_blacklisted",
+        "seconds",
+    ):
+        assert key in data
+    assert set(data["detection"]) == {"precision", "recall"}
+    assert data["reference"]["no_attack_accuracy_mean"] == data["honest_accuracy_mean"]
+    assert data["reference"]["no_defense_accuracy_mean"] == data["honest_accuracy_mean"]
+    assert (data["nodes"], data["attack"], data["defense"], data["model"]) == (
+        4,
+        "none",
+        "none",
+        "mlp",
+    )
+    bad = CliRunner().invoke(main, [*args[:-4], "--defense", "median+krum"])
+    assert bad.exit_code != 0 and "one robust rule" in bad.output
