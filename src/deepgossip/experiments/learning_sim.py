@@ -49,9 +49,6 @@ from deepgossip.wire.identity import Identity
 
 CURVE_SUBSET = 2000
 """Test images for the per-round curves; final figures use the whole test set."""
-TRUST_HOLDOUT = 0.1
-"""Share of its partition a node keeps out of training to score its peers with
-(``trust`` rule only; the references train on everything)."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +79,9 @@ class LearningSimSettings:
     sharing: SharingConfig = field(default_factory=SharingConfig)
     references: bool = True
     """Also train the centralized and standalone references (same total steps)."""
+    trust_holdout: float = 0.1
+    """``trust`` rule only: share of its partition a node keeps out of training to
+    score its peers with (the references train on everything)."""
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("adam", "sgd"):
@@ -211,7 +211,7 @@ def run_learning_sim(
         if settings.mixing.rule == "trust":
             # Learned trust scores peers on data the node does not train on.
             shuffled = index[torch.randperm(len(index), generator=torch.Generator().manual_seed(i))]
-            hold = max(1, int(len(index) * TRUST_HOLDOUT))
+            hold = max(1, int(len(index) * settings.trust_holdout))
             evaluator = HoldoutEvaluator(model, x_train[shuffled[:hold]], y_train[shuffled[:hold]])
             index = shuffled[hold:]
         peer = _Peer(
