@@ -363,6 +363,7 @@ def _simulate(
     initial = build_model(settings.model, data.shape, data.classes)
     initial_flat = flatten(initial)
     size = initial_flat.numel()
+    groups = [p.numel() for p in initial.parameters()]  # flatten()'s order
     record = _Record()
     peers: list[_Peer] = []
     bad = set(malicious)
@@ -398,7 +399,9 @@ def _simulate(
             x, y = attack.poison_data(x, y)
         defense: Defense | None = None
         if defended and not is_bad:
-            defense = _make_defense(defense_config, node, i, size, initial_flat, settings, record)
+            defense = _make_defense(
+                defense_config, node, i, size, initial_flat, settings, record, groups
+            )
         peer = _Peer(
             index=i,
             node=node,
@@ -536,6 +539,7 @@ def _make_defense(
     initial: torch.Tensor,
     settings: PoisoningSettings,
     record: _Record,
+    groups: list[int],
 ) -> Defense:
     """A defended node's :class:`Defense`, wired to its blacklist when it has one."""
 
@@ -554,6 +558,7 @@ def _make_defense(
     defense = Defense(
         config,
         size=size,
+        groups=groups,
         seed=seed,
         initial=initial,
         is_blacklisted=node.is_blacklisted,
@@ -592,8 +597,8 @@ def _final_listed(peer: _Peer) -> frozenset[bytes]:
     """The peers ``peer`` ignores now: its blacklist, else its detector's."""
     if peer.node.blacklist is not None:
         return peer.node.blacklist.blacklisted()
-    if peer.defense is not None and peer.defense.detector is not None:
-        return peer.defense.detector.blacklisted
+    if peer.defense is not None:
+        return peer.defense.blacklisted
     return frozenset()
 
 
