@@ -10,8 +10,11 @@ so that a mixing rule (:mod:`deepgossip.learn.mixing`) has a single object to as
    clustering that judges the others.
 2. **AUROR** (optional, :mod:`.auror`). Every surviving update becomes a feature
    vector ``v_j[C] - w[C]`` (the peer's public values minus the node's own
-   parameters, on the detector's coordinate subset ``C``) and the detector is
-   evaluated once per screening. A peer the evaluation blacklists is reported
+   parameters, on a coordinate subset ``C``), judged by one detector per
+   parameter tensor (``auror_per_tensor``: an attack that lives in a small
+   layer is not drowned by a large one), each evaluated once per screening. A
+   peer flagged by any detector is flagged; a peer any detector blacklists is
+   blacklisted. A peer the evaluation blacklists is reported
    through ``on_verdict`` (the node turns it into a signed accusation) and its
    update is dropped; a peer merely *flagged* by this evaluation (in the minority
    on at least ``tau`` of the indicative features, not yet convicted) has this
