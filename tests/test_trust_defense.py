@@ -131,6 +131,24 @@ def test_auror_verdicts_reach_the_callback_and_drop_the_poisoners() -> None:
     assert defense.stats["verdicts"] == 3
 
 
+def test_peers_blacklisted_elsewhere_leave_the_window_but_keep_their_score() -> None:
+    rng = np.random.default_rng(0)
+    banned: set[bytes] = set()
+    defense = Defense(DefenseConfig(auror=True), size=SIZE, is_blacklisted=banned.__contains__)
+    for rnd in range(2):  # two flags of peer 1: suspicion 1.75 of 2.0, not convicted yet
+        ups = _crowd(rng, np.zeros(SIZE), {0}, n=8)
+        defense.screen(torch.zeros(SIZE), [dense(u.values, u.origin, rnd=rnd) for u in ups])
+    before = defense.suspicion(peer_id(1))
+    assert before == pytest.approx(1.75 / 4)
+    banned.add(peer_id(1))  # the node's blacklist adopts an accusation
+    defense.screen(torch.zeros(SIZE), [])
+    assert all(peer_id(1) not in d.window_peers for d in defense.detectors)
+    assert defense.suspicion(peer_id(1)) == pytest.approx(before)  # what reviews read
+    banned.clear()  # lifted: judged afresh
+    defense.screen(torch.zeros(SIZE), [])
+    assert defense.suspicion(peer_id(1)) is None
+
+
 def test_honest_crowds_are_never_dropped() -> None:
     rng = np.random.default_rng(1)
     convictions: list[Conviction] = []

@@ -332,6 +332,7 @@ class Defense:
             if initial is not None:
                 self._initial = initial.detach()[self._coords_t].numpy().astype(np.float64)
         self._public: dict[bytes, np.ndarray] = {}
+        self._frozen: dict[bytes, float] = {}  # suspicion of peers blacklisted elsewhere
         self._evidence: dict[bytes, list[Evidence]] = {}
         self._held: dict[int, SparseUpdate] = {}
         self._early: dict[int, bool] = {}  # poll decisions that beat their registration
@@ -399,6 +400,8 @@ class Defense:
             for d in self.detectors
             if d.has_judged(peer_id)
         ]
+        if peer_id in self._frozen:
+            scores.append(self._frozen[peer_id])
         # The most suspicious detector speaks: any of them may convict alone.
         return min(1.0, max(scores)) if scores else None
 
@@ -457,6 +460,8 @@ class Defense:
             else:
                 fresh.append(u)
         self.stats["screened"] += len(decided) + len(updates)
+        if self.detectors:
+            self._forget_blacklisted()
         if self.detectors and fresh:
             fresh = self._auror(local, fresh, out)
         out.accepted.extend(fresh)
@@ -464,6 +469,38 @@ class Defense:
         for _, reason in out.rejected:
             self.stats[f"rejected_{reason}"] += 1
         return out
+
+    def _forget_blacklisted(self) -> None:
+        """Take peers the node's blacklist excludes out of the detectors' windows.
+
+        A peer blacklisted by adoption (a quorum, or accusers backed by our own
+        evidence) sends nothing that reaches the detectors any more, but its
+        last vector would stay in their windows for ``window`` evaluations. On
+        the MNIST MLP that stale vector, far from everyone, formed the minority
+        cluster on most features for eight more rounds and hid the other,
+        milder attackers, whose suspicion decayed meanwhile; conviction of the
+        last attacker came ten rounds late. Its score is kept (frozen, on the
+        [0, 1] scale): the blacklist reviews own-evidence adoptions against it.
+        A peer no longer blacklisted is judged afresh.
+        """
+        for peer in [p for p in self._frozen if not self.is_blacklisted(p)]:
+            del self._frozen[peer]
+        if self._is_blacklisted is None:
+            return
+        stale = {
+            peer
+            for det in self.detectors
+            for peer in det.window_peers
+            if not det.is_blacklisted(peer) and self._is_blacklisted(peer)
+        }
+        for peer in sorted(stale):
+            score = self.suspicion(peer)
+            if score is not None:
+                self._frozen[peer] = score
+            for det in self.detectors:
+                if not det.is_blacklisted(peer):
+                    det.forget(peer)
+            self.stats["forgotten"] += 1
 
     def _features(self, local: torch.Tensor, update: SparseUpdate) -> np.ndarray:
         """``v_j[C] - w[C]`` with ``v_j`` the peer's public state (see the module docstring)."""
