@@ -149,6 +149,37 @@ def test_peers_blacklisted_elsewhere_leave_the_window_but_keep_their_score() -> 
     assert defense.suspicion(peer_id(1)) is None
 
 
+def test_per_tensor_detectors_must_agree_to_convict() -> None:
+    groups = [200, 200]
+    convictions: list[Conviction] = []
+    defense = Defense(
+        DefenseConfig(auror=True), size=SIZE, groups=groups, on_verdict=convictions.append
+    )
+    assert len(defense.detectors) == 2 and defense.agree == 2
+    rng = np.random.default_rng(3)
+    both, one = peer_id(1), peer_id(2)
+    for rnd in range(6):
+        ups = []
+        for i in range(9):
+            v = rng.normal(0, 0.01, SIZE)
+            if i == 0:
+                v += 0.2  # pushes every tensor
+            if i == 1:
+                v[:200] += 0.2  # pushes the first tensor only
+            ups.append(dense(v, peer_id(i + 1), rnd=rnd))
+        screened = defense.screen(torch.zeros(SIZE), ups)
+        if rnd == 0:  # both flagged at once, their updates dropped
+            assert {u.origin for u, _ in screened.rejected} == {both, one}
+    assert [c.peer_id for c in convictions] == [both]
+    assert defense.blacklisted == {both}
+    assert defense.detectors[0].is_blacklisted(one)  # one tensor convicted it ...
+    assert not defense.is_blacklisted(one)  # ... which is not enough
+    assert defense.suspicion(one) is not None and defense.suspicion(one) < 0.5
+    # auror_agree=1: any detector convicts alone.
+    alone = Defense(DefenseConfig(auror=True, auror_agree=1), size=SIZE, groups=groups)
+    assert alone.agree == 1
+
+
 def test_honest_crowds_are_never_dropped() -> None:
     rng = np.random.default_rng(1)
     convictions: list[Conviction] = []

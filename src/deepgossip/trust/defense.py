@@ -121,8 +121,16 @@ class DefenseConfig:
     first layer's (78% of the model, honest peers 0.14), so over the whole
     model they reached 0.28 and were never flagged (tau 0.6). Per tensor, the
     first layer cannot hide the others. The price is more chances for a false
-    flag (one per tensor); conviction still needs repeated flags by the same
-    detector."""
+    flag (one per tensor), which ``auror_agree`` pays back."""
+    auror_agree: int = 2
+    """With per-tensor detectors, how many must have convicted a peer before the
+    node does (and how many must agree for its suspicion to count, see
+    :meth:`Defense.suspicion`); capped at the number of detectors. 2: label
+    flippers were convicted by three to five tensors at once on the MNIST MLP,
+    while with any single tensor convicting alone an honest GoSGD node that
+    drifted from the others was blacklisted network-wide (digits, 10 nodes, 3
+    label flippers, with or without them); one detector over the whole model
+    spared it. A flag by any single detector still drops that one update."""
     robust: RobustConfig = field(default_factory=RobustConfig)
     """The robust rule applied after the filters; ``mean`` (the default) is the
     undefended average, i.e. no robust rule."""
@@ -151,6 +159,8 @@ class DefenseConfig:
     skipping one merge costs little."""
 
     def __post_init__(self) -> None:
+        if self.auror_agree < 1:
+            raise ValueError("auror_agree must be >= 1")
         if self.fallback not in FALLBACKS:
             raise ValueError(f"fallback must be one of {FALLBACKS}, got {self.fallback!r}")
 
@@ -333,6 +343,7 @@ class Defense:
                 self._initial = initial.detach()[self._coords_t].numpy().astype(np.float64)
         self._public: dict[bytes, np.ndarray] = {}
         self._frozen: dict[bytes, float] = {}  # suspicion of peers blacklisted elsewhere
+        self._convicted: set[bytes] = set()  # our verdicts (enough detectors agreed)
         self._evidence: dict[bytes, list[Evidence]] = {}
         self._held: dict[int, SparseUpdate] = {}
         self._early: dict[int, bool] = {}  # poll decisions that beat their registration
@@ -376,13 +387,18 @@ class Defense:
         return self.detectors[0] if self.detectors else None
 
     @property
+    def agree(self) -> int:
+        """Detectors that must agree to convict (``auror_agree``, capped)."""
+        return max(1, min(self.config.auror_agree, len(self.detectors)))
+
+    @property
     def blacklisted(self) -> frozenset[bytes]:
-        """Peers the local detectors convicted (the node's blacklist may hold more)."""
-        return frozenset().union(*(d.blacklisted for d in self.detectors))
+        """Peers this node's detectors convicted (the node's blacklist may hold more)."""
+        return frozenset(self._convicted)
 
     def is_blacklisted(self, peer_id: bytes) -> bool:
-        """Blacklisted by the node's blacklist or by a local detector."""
-        if any(d.is_blacklisted(peer_id) for d in self.detectors):
+        """Convicted here, or blacklisted by the node's blacklist."""
+        if peer_id in self._convicted:
             return True
         return self._is_blacklisted is not None and self._is_blacklisted(peer_id)
 
@@ -400,10 +416,13 @@ class Defense:
             for d in self.detectors
             if d.has_judged(peer_id)
         ]
-        if peer_id in self._frozen:
-            scores.append(self._frozen[peer_id])
-        # The most suspicious detector speaks: any of them may convict alone.
-        return min(1.0, max(scores)) if scores else None
+        frozen = self._frozen.get(peer_id)
+        if not scores:
+            return frozen
+        # As many detectors must agree as convict: the agree-th highest score.
+        ranked = sorted(scores, reverse=True)
+        agreed = min(1.0, ranked[min(self.agree, len(ranked)) - 1])
+        return agreed if frozen is None else max(agreed, frozen)
 
     def own_suspicion(self, peer_id: bytes, evidence: Sequence[Evidence] = ()) -> float | None:
         """:data:`~.blacklist.SuspicionFn` for the node's blacklist core."""
@@ -530,13 +549,19 @@ class Defense:
             for det, part in zip(self.detectors, self._slices, strict=True):
                 det.observe(u.origin, features[part])
         flagged: dict[bytes, float] = {}  # peer -> its highest flagged fraction
-        newly: set[bytes] = set()
+        candidates: set[bytes] = set()
         for det in self.detectors:
             verdict = det.evaluate()
             self.stats["evaluations"] += int(verdict.evaluated)
             for peer in verdict.flagged:
                 flagged[peer] = max(flagged.get(peer, 0.0), verdict.fractions[peer])
-            newly |= verdict.blacklisted
+            candidates |= verdict.blacklisted
+        newly = {
+            peer
+            for peer in candidates
+            if sum(d.is_blacklisted(peer) for d in self.detectors) >= self.agree
+        }
+        self._convicted |= newly
         # Convicted by one detector: the others forget it, so that its old
         # vectors do not shape their clusterings while they would age out (the
         # convicting detector keeps the score that :meth:`suspicion` reports).
