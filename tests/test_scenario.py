@@ -98,3 +98,19 @@ def test_the_learned_trust_rule_runs_in_the_simulator() -> None:
         )
     )
     assert result["updates_merged_per_node"] > 10 and result["accuracy_min"] > 0.85
+
+
+def test_the_nodes_results_are_handed_over_before_the_references() -> None:
+    """References cost twice the nodes' compute: a caller can save the run first."""
+    from deepgossip.experiments.learning_sim import LearningSimSettings, run_learning_sim
+
+    partial: list[dict] = []
+    result = run_learning_sim(
+        LearningSimSettings(
+            nodes=2, dataset="digits", model="logreg", rounds=10, eval_every=5, threads=1
+        ),
+        on_partial=partial.append,
+    )
+    assert len(partial) == 1 and partial[0]["references"] == "pending"
+    assert "centralized_accuracy" not in partial[0] and "centralized_accuracy" in result
+    assert partial[0]["accuracy_mean"] == result["accuracy_mean"]

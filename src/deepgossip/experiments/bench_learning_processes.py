@@ -18,6 +18,7 @@ whole compute again).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,7 +106,13 @@ def _first_time(curve: list[dict[str, Any]], key: str, level: float) -> float | 
     return next((p["seconds"] for p in curve if p[key] >= level), None)
 
 
-def run_learning_processes(settings: ProcessLearningSettings, out: Path) -> dict[str, Any]:
+def run_learning_processes(
+    settings: ProcessLearningSettings,
+    out: Path,
+    on_partial: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Run the network, then the references (``on_partial`` gets the results
+    before the references, which can take as long as the run itself)."""
     from tqdm import tqdm
 
     torch.set_num_threads(1)
@@ -199,6 +206,8 @@ def run_learning_processes(settings: ProcessLearningSettings, out: Path) -> dict
         },
     }
     if settings.references:
+        if on_partial is not None:
+            on_partial({**result, "references": "pending"})
         result.update(_references(settings, data, parts, int(np.mean(steps))))
     result["seconds"] = time.perf_counter() - started
     return result

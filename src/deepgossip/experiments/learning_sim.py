@@ -169,8 +169,13 @@ def _reference_accuracies(
 
 
 def run_learning_sim(
-    settings: LearningSimSettings, progress: Callable[[int], None] | None = None
+    settings: LearningSimSettings,
+    progress: Callable[[int], None] | None = None,
+    on_partial: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
+    """Run the nodes, then the references; ``on_partial`` gets the nodes' results
+    before the references are trained (they cost twice the nodes' compute), so a
+    caller can save them early."""
     torch.set_num_threads(settings.threads)
     started = time.perf_counter()
     data = load_dataset(settings.dataset)
@@ -330,6 +335,8 @@ def run_learning_sim(
         },
     }
     result["seconds_to_accuracy"] = _seconds_to(curves, settings.round_period)
+    if on_partial is not None:
+        on_partial({**result, "seconds": time.perf_counter() - started, "references": "pending"})
     if settings.references:
         result.update(
             _reference_accuracies(settings, parts, x_train, y_train, test, shape, data.num_classes)
@@ -392,7 +399,11 @@ def run_learning_cli(
             **options,
         )
         with tqdm(total=settings.rounds * settings.nodes, desc="rounds", unit="round") as bar:
-            result = run_learning_sim(settings, progress=bar.update)
+            result = run_learning_sim(
+                settings,
+                progress=bar.update,
+                on_partial=(lambda partial: write_json(partial, json_path)) if json_path else None,
+            )
     print(
         f"{result['nodes']} nodes ({result['runtime']}), "
         f"{result['dataset']}/{result['model']}/{result['partition']}, "
@@ -417,8 +428,13 @@ def _run_processes(*, json_path: str | None, **options: Any) -> dict[str, Any]:
     # Options of the simulated runtime that real nodes do not have.
     for name in ("rounds", "threads"):
         options.pop(name, None)
+    from deepgossip.experiments.baseline import write_json
+
     settings = ProcessLearningSettings(**options)
-    del json_path  # the caller writes the JSON; the nodes' logs go to a scratch directory
     out = Path(tempfile.mkdtemp(prefix="deepgossip-bench-learning-"))
     print(f"node and tracker logs: {out / 'logs'}")
-    return run_learning_processes(settings, out)
+    return run_learning_processes(
+        settings,
+        out,
+        on_partial=(lambda partial: write_json(partial, json_path)) if json_path else None,
+    )
