@@ -26,8 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from deepgossip.api.client import ApiError, Client
-from deepgossip.experiments.local_net import LocalNetwork
+from deepgossip.experiments.local_net import LocalNetwork, client_accuracies
 from deepgossip.learn.collaboration import CollaborationConfig
 from deepgossip.learn.data import Dataset, load_dataset, to_tensors
 from deepgossip.learn.mixing import MixingConfig
@@ -91,17 +90,6 @@ def _learning_section(s: ProcessLearningSettings, shape: tuple[int, ...]) -> dic
     }
 
 
-def _accuracies(clients: list[Client], x: np.ndarray, y: np.ndarray) -> list[float]:
-    out = []
-    for client in clients:
-        try:
-            predicted, _ = client.predict(x, probabilities=False)
-            out.append(float(np.mean(predicted == y)))
-        except ApiError:
-            out.append(float("nan"))
-    return out
-
-
 def _first_time(curve: list[dict[str, Any]], key: str, level: float) -> float | None:
     return next((p["seconds"] for p in curve if p[key] >= level), None)
 
@@ -145,7 +133,7 @@ def run_learning_processes(
         with tqdm(total=int(settings.max_seconds), unit="s", desc="learning") as bar:
             while (elapsed := time.monotonic() - t0) < settings.max_seconds:
                 time.sleep(max(0.0, settings.eval_seconds - (elapsed % settings.eval_seconds)))
-                accs = _accuracies(net.clients, x_eval, y_eval)
+                accs = client_accuracies(net.clients, x_eval, y_eval)
                 point = {
                     "seconds": round(time.monotonic() - t0, 2),
                     "accuracy_mean": float(np.nanmean(accs)),

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from deepgossip.api.client import ApiError, Client
+from deepgossip.api.client import Client
 from deepgossip.experiments.baseline import write_json
-from deepgossip.experiments.local_net import LocalNetwork
+from deepgossip.experiments.local_net import LocalNetwork, client_accuracies
 from deepgossip.learn.data import Dataset, load_dataset, to_tensors
 from deepgossip.learn.models import build_model
 from deepgossip.learn.partition import partition
@@ -148,13 +148,7 @@ def _learn(
     ) as bar:
         while (elapsed := time.monotonic() - started) < settings.seconds:
             time.sleep(min(5.0, settings.seconds - elapsed))
-            accs = []
-            for client in clients:
-                try:
-                    predicted, _ = client.predict(x_eval, probabilities=False)
-                    accs.append(float(np.mean(predicted == y_eval)))
-                except ApiError:
-                    accs.append(float("nan"))
+            accs = client_accuracies(clients, x_eval, y_eval)
             elapsed = time.monotonic() - started
             curve.append({"seconds": elapsed, "per_node": accs})
             bar.update(int(elapsed) - bar.n)

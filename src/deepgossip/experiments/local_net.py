@@ -25,7 +25,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from deepgossip.api.client import Client
+import numpy as np
+
+from deepgossip.api.client import ApiError, Client
 from deepgossip.session import Session
 
 CLI = [sys.executable, "-m", "deepgossip.cli"]
@@ -159,3 +161,15 @@ class LocalNetwork:
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
+
+
+def client_accuracies(clients: list[Client], x: np.ndarray, y: np.ndarray) -> list[float]:
+    """Each node's accuracy on (x, y), asked through its API (NaN if it fails)."""
+    out = []
+    for client in clients:
+        try:
+            predicted, _ = client.predict(x, probabilities=False)
+            out.append(float(np.mean(predicted == y)))
+        except ApiError:
+            out.append(float("nan"))
+    return out
