@@ -12,10 +12,15 @@ A node composes the layers below it for exactly one application:
 * optionally (``blacklist=BlacklistConfig(...)``) the gossiped blacklist
   (``blacklist``, core ``"trust"``): accusations arrive as gossip items of kind
   ``"trust.accuse"``, local verdicts go out through :meth:`Node.accuse`, and a
-  blacklisted peer is left out of :meth:`Node.live_peers` (the peers the rumour
-  core and the update exchange choose from). The local detector's view reaches
-  the core through :attr:`Node.own_suspicion`, set by whoever owns the
-  detector (:class:`~deepgossip.trust.defense.Defense.own_suspicion`).
+  blacklisted peer is excluded from SWIM (:meth:`Swim.exclude
+  <deepgossip.membership.swim.Swim.exclude>` on ``PeerBlacklisted``,
+  :meth:`~deepgossip.membership.swim.Swim.readmit` on ``PeerUnblacklisted``):
+  it is no longer probed nor answered, its membership claims are ignored, and
+  it drops out of :meth:`Node.live_peers` (the peers the rumour core, the update
+  exchange and blacklist polls choose from). Mixing drops its updates through
+  the defence's ``is_blacklisted``. The local detector's view reaches the core
+  through :attr:`Node.own_suspicion`, set by whoever owns the detector
+  (:class:`~deepgossip.trust.defense.Defense.own_suspicion`).
 
 The class is runtime-agnostic: the simulator builds a thousand of them in one
 process, :mod:`deepgossip.node_process` runs one on real sockets with its HTTP
@@ -44,7 +49,13 @@ from deepgossip.session import Session, SessionError
 from deepgossip.tracker.client import PeersFound, TrackerClient
 from deepgossip.tracker.registration import Registration
 from deepgossip.trust.accusation import ACCUSATION_KIND, Evidence
-from deepgossip.trust.blacklist import BlacklistConfig, BlacklistCore, SuspicionFn
+from deepgossip.trust.blacklist import (
+    BlacklistConfig,
+    BlacklistCore,
+    PeerBlacklisted,
+    PeerUnblacklisted,
+    SuspicionFn,
+)
 from deepgossip.wire.envelope import FrameCodec
 from deepgossip.wire.identity import Identity, node_id_of, verify
 from deepgossip.wire.session import SessionKey
@@ -218,12 +229,14 @@ class Node:
     def live_peers(self) -> list[Any]:
         """Live SWIM members that are not blacklisted: whom to gossip and push to.
 
-        SWIM itself still probes blacklisted members (it has no exclusion hook
-        yet); everything that chooses peers reads this instead.
+        SWIM already leaves blacklisted peers out (the node excludes them there
+        the moment the blacklist convicts them, see ``_on_event``); the filter
+        stays as a guard for a blacklist whose effects were not run through
+        this node's host (its events are what reach SWIM).
         """
         members = self.swim.live_members()
-        if self.blacklist is None:
-            return list(members)
+        if self.blacklist is None or not self.blacklist.blacklisted():
+            return members
         return [m for m in members if not self.blacklist.is_blacklisted(m.node_id)]
 
     def accuse(
@@ -265,6 +278,14 @@ class Node:
         if isinstance(event, ItemDelivered):
             if event.kind == ACCUSATION_KIND and self.blacklist is not None:
                 self.host.execute(self.blacklist.on_item(event))
+        elif isinstance(event, PeerBlacklisted) and self.blacklist is not None:
+            # A blacklisted node is ignored by membership too: unprobed,
+            # unanswered, its claims unheard, gone from every peer list. (Only
+            # our own blacklist's verdicts count: a core someone else registered
+            # on this host does not speak for the node.)
+            self.host.execute(self.swim.exclude(event.peer_id, self.host.runtime.now()))
+        elif isinstance(event, PeerUnblacklisted) and self.blacklist is not None:
+            self.host.execute(self.swim.readmit(event.peer_id, self.host.runtime.now()))
         elif isinstance(event, PeersFound):
             seeds = [p.address for p in event.peers if p.address != self.address]
             if seeds:

@@ -138,6 +138,17 @@ class BroadcastQueue:
             buckets[item.transmits][item.key] = item
         return [item.claim for item in taken]
 
+    def discard(self, node: bytes) -> int:
+        """Drop every queued claim about ``node`` (an excluded member: we stop
+        spreading news about it); returns how many were dropped."""
+        queued = self._by_node.get(node)
+        if not queued:
+            return 0
+        items = list(queued.values())
+        for item in items:
+            self._remove(item)
+        return len(items)
+
     def has(self, node: bytes) -> bool:
         """True if any claim about ``node`` is queued."""
         return node in self._by_node

@@ -75,6 +75,30 @@ class MemberReaped:
 
 
 @dataclass(frozen=True, slots=True)
+class MemberExcluded:
+    """The owner excluded ``node_id`` (:meth:`Swim.exclude`, e.g. it was blacklisted).
+
+    ``member`` is what we knew of it at that moment (None: we had not met it).
+    Until readmitted it is out of every live list and its traffic is ignored.
+    """
+
+    node_id: bytes
+    member: MemberInfo | None
+
+
+@dataclass(frozen=True, slots=True)
+class MemberReadmitted:
+    """The owner lifted the exclusion of ``node_id`` (:meth:`Swim.readmit`).
+
+    ``member`` is the record restored as it was when excluded (None: we had not
+    met it; gossip or the next push-pull will introduce it again).
+    """
+
+    node_id: bytes
+    member: MemberInfo | None
+
+
+@dataclass(frozen=True, slots=True)
 class Refuted:
     """We heard a claim that we are ``accusation`` (suspect/dead/left, or an old
     alive of a previous run) and answered with a new ``incarnation``."""

@@ -195,7 +195,14 @@ class StateSync:
         for m in members:
             if m.state == DEAD or m.state == LEFT:
                 candidates[m.address] = None
-        pool = [a for a in candidates if a != view.address and a not in live_addresses]
+        # Excluded members are out of the table, but their addresses may linger
+        # in the seeds or the address book: never ask them for a view.
+        shut_out = {m.address for m in view.excluded.values() if m is not None}
+        pool = [
+            a
+            for a in candidates
+            if a != view.address and a not in live_addresses and a not in shut_out
+        ]
         if not pool:
             return
         view.stats["bootstrap_attempts"] += 1

@@ -23,6 +23,21 @@ answers with ``Send`` effects and membership events. What it does each period:
 5. **Local health** (Lifeguard) stretches our own probe interval and timeout
    when the evidence says we, not our peers, are the slow ones.
 
+**Exclusion.** The owner can shut a member out (:meth:`Swim.exclude`; the node
+does it for peers its blacklist convicts) and let it back in
+(:meth:`Swim.readmit`). An excluded member is never probed, never asked to relay
+a ``ping_req``, never returned by ``live_members``/``sample`` nor chosen for
+gossip or push-pull; every datagram and push-pull from its address is dropped
+(``stats["ignored.excluded_sender"]``), so its pings go unanswered and its
+claims about others go unheard; claims *about* it from anyone else are ignored
+(``ignored.excluded_member``), so honest peers that have not excluded it cannot
+gossip it back in; and accusations it signed are ignored wherever they come
+from (``ignored.excluded_accuser``). It is an explicit call rather than a
+predicate given at construction because the live list is an index (O(1)
+sampling) that must change when the verdict does, and because exclusion has
+effects of its own (dropping its suspicion timer, its queued claims, an open
+probe).
+
 All randomness comes from the injected ``rng``; all time from the ``now``
 arguments. Bad input never raises: it is dropped and counted in ``stats``.
 """
@@ -42,6 +57,7 @@ import msgpack
 from deepgossip.membership.awareness import Awareness
 from deepgossip.membership.broadcast import claim_size
 from deepgossip.membership.config import SwimConfig
+from deepgossip.membership.events import MemberExcluded, MemberReadmitted
 from deepgossip.membership.messages import Ack, Claim, Gossip, Nack, Ping, PingReq, PushPull
 from deepgossip.membership.signing import SwimIdentity
 from deepgossip.membership.state import ALIVE, NODE_ID_BYTES, SUSPECT, MemberInfo
@@ -132,6 +148,8 @@ class Swim:
         self._next_probe_at = now + rng.uniform(0.0, cfg.probe_interval)
         self._next_gossip_at = now
         self._sync = StateSync(view, cfg, rng, self._timers, now)
+        self._excluded_at: dict[Address, bytes] = {}
+        """Addresses of excluded members (whose traffic is dropped) -> their ids."""
 
     # ------------------------------------------------------------------ API --
 
@@ -201,6 +219,60 @@ class Swim:
         for the gossip layer. Uses the core's rng unless one is given."""
         return [m.info() for m in self._members.sample_live(k, rng or self.rng)]
 
+    # ------------------------------------------------------------ exclusion --
+
+    def exclude(self, node_id: bytes, now: float) -> list[Effect]:
+        """Shut ``node_id`` out of membership until :meth:`readmit` (see the module
+        docstring for what that means). Idempotent; returns a
+        :class:`MemberExcluded` event the first time.
+
+        Its traffic is recognised by the address we last verified for it: a
+        member excluded before we ever met it has no known address, so only the
+        claims about it are ignored (which keeps it out of our view all the same).
+        Raises ``ValueError`` for our own id or a malformed one (owner misuse).
+        """
+        node_id = bytes(node_id)
+        if len(node_id) != NODE_ID_BYTES or node_id == self.node_id:
+            raise ValueError("cannot exclude this node id")
+        fresh, m = self._view.exclude(node_id)
+        if not fresh:
+            return []
+        self.stats["excluded"] += 1
+        probe = self._probe
+        if probe is not None and probe.target == node_id:
+            # Its ack would now be dropped: end the probe without a verdict (and
+            # without the local-health penalty of an unanswered one).
+            self._probe = None
+        if m is not None:
+            self._excluded_at[m.address] = node_id
+            for seq in [s for s, r in self._relays.items() if r.origin == m.address]:
+                del self._relays[seq]  # no nack owed to it
+        return [MemberExcluded(node_id, m.info() if m is not None else None)]
+
+    def readmit(self, node_id: bytes, now: float) -> list[Effect]:
+        """Lift the exclusion of ``node_id`` (e.g. its blacklist entry was lifted).
+
+        Its record comes back as it was when excluded; anything newer arrives by
+        the usual gossip and push-pull. Returns a :class:`MemberReadmitted`
+        event, or nothing if it was not excluded.
+        """
+        node_id = bytes(node_id)
+        was, m = self._view.readmit(node_id, now)
+        if not was:
+            return []
+        self.stats["readmitted"] += 1
+        for address in [a for a, i in self._excluded_at.items() if i == node_id]:
+            del self._excluded_at[address]
+        return [MemberReadmitted(node_id, m.info() if m is not None else None)]
+
+    def is_excluded(self, node_id: bytes) -> bool:
+        return node_id in self._view.excluded
+
+    @property
+    def excluded(self) -> frozenset[bytes]:
+        """Node ids currently excluded."""
+        return frozenset(self._view.excluded)
+
     @property
     def pending_broadcasts(self) -> int:
         return len(self._broadcasts)
@@ -266,6 +338,9 @@ class Swim:
     def handle(self, src: Address, msg: Any, now: float) -> list[Effect]:
         out: list[Effect] = []
         try:
+            if self._excluded_at and (src[0], src[1]) in self._excluded_at:
+                self.stats["ignored.excluded_sender"] += 1
+                return out
             kind = type(msg)
             if kind is PushPull:
                 self._sync.on_push_pull(src, msg, now, out)

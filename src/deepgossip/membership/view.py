@@ -7,6 +7,12 @@ probes): field checks, signature checks, the precedence table, Lifeguard
 suspicion timers, refutation of claims about ourselves, and queueing what
 changed for gossip. It also keeps ourselves: our incarnation and signed alive
 claim, and whether we are leaving.
+
+It also keeps the members the owner **excluded** (:meth:`View.exclude`): their
+records leave the member table (so nothing that reads live members, samples
+peers or walks the probe order can meet them) and wait in ``excluded`` until
+:meth:`View.readmit` puts them back. While excluded, claims about them and
+accusations they made are ignored, so no peer can gossip them back in.
 """
 
 from __future__ import annotations
@@ -91,6 +97,8 @@ class View:
         self.leaving = False
         self.left_claim: Claim | None = None
         self.self_claim = self._sign_alive()
+        self.excluded: dict[bytes, Member | None] = {}
+        """Excluded node ids -> their record when excluded (None: never met)."""
 
     def bad(self, reason: str) -> None:
         self.stats["bad." + reason] += 1
@@ -126,6 +134,11 @@ class View:
         node = c.node
         if node == self.node_id:
             self.about_self(c, out)
+            return
+        if node in self.excluded:
+            # Whoever repeats it (the member itself, an honest peer that has not
+            # excluded it, a push-pull row), it must not come back this way.
+            self.stats["ignored.excluded_member"] += 1
             return
         m = self.members.get(node)
         kind = c.kind
@@ -194,6 +207,11 @@ class View:
     def accusation_ok(self, c: Claim) -> bool:
         """Verify a suspect/dead claim with the accuser's known key."""
         accuser = c.accuser
+        if accuser in self.excluded:
+            # An excluded member's word counts for nothing: it must not get
+            # honest members suspected or declared dead through others' gossip.
+            self.stats["ignored.excluded_accuser"] += 1
+            return False
         if accuser == self.node_id:
             key = self.identity.public_key
         else:
@@ -357,6 +375,47 @@ class View:
         self.remember_address(m.address)
         out.append(MemberReaped(m.info()))
 
+    # -- exclusion (the owner's verdict, e.g. a blacklist) -------------------------
+
+    def exclude(self, node_id: bytes) -> tuple[bool, Member | None]:
+        """Take ``node_id`` out of the view until :meth:`readmit`.
+
+        Returns (newly excluded?, the record removed). The record is kept, not
+        forgotten, so that lifting the exclusion restores what we knew at once
+        instead of waiting for someone to gossip the member back.
+        """
+        if node_id in self.excluded:
+            return False, None
+        m = self.members.remove(node_id)
+        self.excluded[node_id] = m
+        self.suspicions.pop(node_id, None)  # its timer entry goes stale
+        self.broadcasts.discard(node_id)  # stop spreading news about it
+        self.corrections.pop(node_id, None)
+        return True, m
+
+    def readmit(self, node_id: bytes, now: float) -> tuple[bool, Member | None]:
+        """Lift the exclusion of ``node_id``; returns (was excluded?, restored record).
+
+        The record comes back in the state it had: a live one is probed again
+        (and, if it died meanwhile, suspected as usual), a suspect one gets a
+        fresh suspicion timer, a dead or left one its reap timer.
+        """
+        if node_id not in self.excluded:
+            return False, None
+        m = self.excluded.pop(node_id)
+        if m is None or self.members.get(node_id) is not None:
+            return True, None
+        self.members.add(m)
+        if m.state == ALIVE:
+            self.order.add(node_id)
+        elif m.state == SUSPECT:
+            self.order.add(node_id)
+            self._start_suspicion(m, m.accuser, now)
+        else:
+            reap_at = max(now, m.changed_at + self.config.dead_reap_after)
+            self.timers.push(reap_at, "reap", node_id)
+        return True, m
+
     # -- claims about ourselves -------------------------------------------------
 
     def about_self(self, c: Claim, out: list[Effect]) -> None:
@@ -451,7 +510,7 @@ class View:
         """Install alive claims without events or gossip; returns how many."""
         installed = 0
         for claim in claims:
-            if claim.kind != ALIVE or claim.node == self.node_id:
+            if claim.kind != ALIVE or claim.node == self.node_id or claim.node in self.excluded:
                 continue
             if self.members.get(claim.node) is not None or not self.alive_ok(claim):
                 continue

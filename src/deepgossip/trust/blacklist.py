@@ -100,10 +100,10 @@ sender), and only the neighbours asked, once each, are counted.
 is the predicate. Mixing must drop every update whose origin is blacklisted
 and never push to one (filter the ``peers`` callbacks of the update exchange
 and of the rumour core with it). Membership must stop probing it, refuse its
-pings and claims, and leave it out of ``live_members`` and peer sampling; SWIM
-has no such hook yet (``Swim`` needs something like an ``exclude(node_id)``
-predicate consulted by its member table), so until then filter what the node
-reads from ``swim.live_members()``. ``n_estimate`` should then count the
+pings and claims, and leave it out of ``live_members`` and peer sampling: the
+node calls ``Swim.exclude`` on :class:`PeerBlacklisted` and ``Swim.readmit`` on
+:class:`PeerUnblacklisted` (see ``node.py``), after which
+``swim.live_members()`` no longer holds it. ``n_estimate`` then counts the
 members that are not blacklisted.
 """
 
