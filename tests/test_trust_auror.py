@@ -365,3 +365,36 @@ def test_config_validation() -> None:
     ):
         with pytest.raises(ValueError):
             AurorConfig(**bad)  # type: ignore[arg-type]
+
+
+def strong_and_weak(rng: np.random.Generator) -> np.ndarray:
+    """One attacker pushing far harder than two others, in the opposite direction."""
+    x = honest_base(rng)
+    x[0] += 60.0
+    x[1:3] -= 8.0
+    return x
+
+
+def test_peeling_finds_weak_attackers_behind_a_strong_one() -> None:
+    # Plain AUROR: nearly every split isolates peer 0 and leaves the weak pair
+    # with the honest majority, so the first evaluation flags peer 0 alone.
+    plain = run(AurorDetector(AurorConfig(peel_passes=0)), 1, strong_and_weak)[0]
+    assert plain.flagged == {PEERS[0]}
+    peeled = run(AurorDetector(), 1, strong_and_weak)[0]
+    assert peeled.flagged == frozenset(ATTACKERS)
+    assert all(peeled.fractions[h] < 0.2 for h in PEERS[3:])
+
+
+def test_peeling_never_flags_half_the_crowd() -> None:
+    det = AurorDetector(AurorConfig(min_peers=4))
+
+    def halves(rng: np.random.Generator) -> np.ndarray:
+        x = honest_base(rng)[:8]
+        x[0] += 60.0  # flagged on the first pass
+        x[1:4] -= 8.0  # would make 4 of 8 on the second: refused
+        return x
+
+    rng = np.random.default_rng(5)
+    for peer, row in zip(PEERS[:8], halves(rng), strict=True):
+        det.observe(peer, row)
+    assert det.evaluate().flagged == {PEERS[0]}

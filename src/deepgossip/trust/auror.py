@@ -114,6 +114,21 @@ consistently, sit at 0.75-1.0. 0.6 lies between the two; 0.5, the obvious
 choice, blacklists an honest Dirichlet peer in 2 of 10 bench runs (``sweep``).
 ``min_indicative`` keeps a handful of noise features from deciding.
 
+Peeling: strong attackers must not hide weaker ones
+---------------------------------------------------
+2-means splits each feature once. When one attacker pushes far harder than the
+others (a boosted update beside mild label flippers, or two coalitions pushing
+in opposite directions), the split of nearly every feature isolates the strong
+one and leaves the weak ones in the majority with the honest peers: they would
+be judged only after the strong one is blacklisted and dropped, three
+evaluations later. So :meth:`AurorDetector.evaluate` *peels*: it removes the
+peers it just flagged and clusters the rest again, up to ``peel_passes`` more
+times, until a pass flags nobody. A peeled pass over an honest crowd is the
+same judgement as an evaluation with no attacker at all (``tau`` keeps it
+quiet), and a pass that would flag half the peers or more is discarded: with
+at most 30% attackers (DESIGN.md) such a verdict says more about the crowd than
+about its members.
+
 Suspicion then decays: ``s <- decay * s + flagged`` for every peer with a *fresh*
 vector (observed since its last judgement), so the same evidence is never counted
 twice when the caller evaluates more often than a peer sends. With
@@ -403,6 +418,11 @@ class AurorConfig:
         (GoSGD pushes to one random peer), short enough that differences taken
         against our own, moving, parameters stay comparable. Tie the caller's
         evaluation cadence to the sharing period.
+    peel_passes
+        Extra clusterings per evaluation after removing the peers already
+        flagged (see "Peeling"). 2: three attacker groups of clearly different
+        strength are all caught in one evaluation; each pass costs one more
+        2-means over the remaining peers. 0 is plain AUROR.
     seed
         Seed of the coordinate subset. Give every node its own, from private
         randomness: a node only compares its peers with each other, so nodes
@@ -420,6 +440,7 @@ class AurorConfig:
     blacklist_threshold: float = 2.0
     max_features: int = 10_000
     window: int = 8
+    peel_passes: int = 2
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -435,6 +456,8 @@ class AurorConfig:
             raise ValueError("need 0 <= decay < 1 and blacklist_threshold > 0")
         if self.max_features < 1 or self.window < 1:
             raise ValueError("max_features and window must be >= 1")
+        if self.peel_passes < 0:
+            raise ValueError("peel_passes must be >= 0")
 
 
 DEFAULT_AUROR: Final = AurorConfig()
@@ -451,8 +474,11 @@ class Verdict:
     (then everything else is empty). ``peers`` are the peers clustered, in
     byte order; ``fractions[p]`` is the share of indicative features on which
     ``p`` is in the minority (0 if none is indicative) and ``minority[p]`` the
-    count. ``flagged`` holds the peers at or above ``tau`` (empty if fewer than
-    ``min_indicative`` features are indicative); ``judged`` the peers whose
+    count, both from the clustering pass that flagged ``p``, else the first
+    one (``features`` and ``indicative`` are the first pass's; see "Peeling").
+    ``flagged`` holds the peers at or above ``tau`` in any pass (a pass with
+    fewer than ``min_indicative`` indicative features flags nobody); ``judged``
+    the peers whose
     suspicion was updated (fresh vectors only); ``blacklisted`` the peers
     blacklisted by this evaluation.
     """
@@ -556,17 +582,37 @@ class AurorDetector:
             self._age()
             return Verdict(evaluated=False)
 
-        x = np.stack([self._entries[p].features for p in peers])
-        clusters = two_means_1d(x)
-        mask = indicative_features(x, clusters, cfg.alpha_mult, cfg.spread_floor)
-        n_ind = int(mask.sum())
-        counts = clusters.minority[:, mask].sum(axis=1)
-        fractions = counts / n_ind if n_ind else np.zeros(len(peers))
-        flagged = (
-            {p for p, fr in zip(peers, fractions, strict=True) if fr >= cfg.tau}
-            if n_ind >= cfg.min_indicative
-            else set()
-        )
+        fractions: dict[bytes, float] = {}
+        minority: dict[bytes, int] = {}
+        flagged: set[bytes] = set()
+        features = n_ind = 0
+        remaining = peers
+        for depth in range(1 + cfg.peel_passes):
+            if len(remaining) < cfg.min_peers:
+                break
+            x = np.stack([self._entries[p].features for p in remaining])
+            clusters = two_means_1d(x)
+            mask = indicative_features(x, clusters, cfg.alpha_mult, cfg.spread_floor)
+            n_pass = int(mask.sum())
+            counts = clusters.minority[:, mask].sum(axis=1)
+            shares = counts / n_pass if n_pass else np.zeros(len(remaining))
+            if depth == 0:
+                features, n_ind = int(x.shape[1]), n_pass
+            new = (
+                {p for p, fr in zip(remaining, shares, strict=True) if fr >= cfg.tau}
+                if n_pass >= cfg.min_indicative
+                else set()
+            )
+            if 2 * (len(flagged) + len(new)) >= len(peers):
+                new = set()  # see "Peeling": not a minority any more
+            # Reported shares: from the pass that flagged the peer, else the first.
+            for p, fr, c in zip(remaining, shares, counts, strict=True):
+                if depth == 0 or p in new:
+                    fractions[p], minority[p] = float(fr), int(c)
+            if not new:
+                break
+            flagged |= new
+            remaining = tuple(p for p in remaining if p not in new)
 
         # Only a vector not judged before adds evidence: evaluating more often than
         # a peer sends must not count the same update twice.
@@ -586,10 +632,10 @@ class AurorDetector:
         return Verdict(
             evaluated=True,
             peers=peers,
-            features=int(x.shape[1]),
+            features=features,
             indicative=n_ind,
-            fractions={p: float(fr) for p, fr in zip(peers, fractions, strict=True)},
-            minority={p: int(c) for p, c in zip(peers, counts, strict=True)},
+            fractions=fractions,
+            minority=minority,
             flagged=frozenset(flagged),
             judged=frozenset(judged),
             blacklisted=frozenset(newly),
