@@ -355,9 +355,15 @@ def node(
     from pathlib import Path
 
     from deepgossip.node_process import NodeOptions, run_node
+    from deepgossip.session import SessionError
+    from deepgossip.trust.settings import TrustSettings
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     session, secret = _load_session(session_path, secret_file)
+    try:
+        TrustSettings.from_session(session)  # [defense], [blacklist]: fail before any socket
+    except SessionError as exc:
+        raise click.ClickException(str(exc)) from exc
     options = NodeOptions(
         session=session,
         secret=secret,

@@ -61,6 +61,7 @@ from deepgossip.wire.identity import Identity, node_id_of, verify
 from deepgossip.wire.session import SessionKey
 
 if TYPE_CHECKING:
+    from deepgossip.learn.collaboration import DefenseSummary
     from deepgossip.learn.learner import Learner
 
 OPEN_SESSION_SECRET = "deepgossip/open-session/v1"
@@ -217,6 +218,9 @@ class Node:
         # the API serves train/predict through it, status() reports it.
         self.learner: Learner | None = None
         self.update_stats = UpdateStats()
+        self.defense_summary: Callable[[], DefenseSummary] | None = None
+        """What the defence screening this node's merges did (set by the process
+        that wires the defence into the mixing rule); ``/v1/status`` reports it."""
 
     @property
     def node_id(self) -> bytes:

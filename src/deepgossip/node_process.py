@@ -5,6 +5,12 @@ gossip port), executes the tracker client's HTTP calls, serves the node API,
 persists identity and incarnation in the data directory, and stops cleanly on
 SIGINT / SIGTERM: it announces ``left``, keeps answering for a moment so the
 news spreads, then closes every socket.
+
+With a ``[defense]`` table in the session (:mod:`deepgossip.trust.settings`) the
+node screens every merge through a :class:`~deepgossip.trust.defense.Defense`
+and, unless the defence keeps its verdicts local, runs the gossiped blacklist
+(``Node(blacklist=...)``): its detector's convictions become signed accusations,
+and blacklisted peers are dropped from mixing and from membership alike.
 """
 
 from __future__ import annotations
@@ -28,8 +34,10 @@ from deepgossip.api.server import build_app
 from deepgossip.membership.events import (
     MemberAlive,
     MemberDead,
+    MemberExcluded,
     MemberJoined,
     MemberLeft,
+    MemberReadmitted,
     MemberSuspected,
 )
 from deepgossip.net.aio import AsyncioRuntime
@@ -37,14 +45,18 @@ from deepgossip.net.runtime import Address, Receiver
 from deepgossip.node import Node
 from deepgossip.session import Session
 from deepgossip.tracker.client import HttpCall
+from deepgossip.trust.blacklist import PeerBlacklisted, PeerUnblacklisted
+from deepgossip.trust.settings import TrustSettings
 from deepgossip.wire.identity import Identity
 
 if TYPE_CHECKING:
     from deepgossip.learn.service import LearnerService
+    from deepgossip.trust.defense import Conviction, Defense
 
 log = logging.getLogger(__name__)
 
 _MEMBER_EVENTS = (MemberJoined, MemberSuspected, MemberDead, MemberAlive, MemberLeft)
+_EXCLUSION_EVENTS = (MemberExcluded, MemberReadmitted)
 STATE_FILE = "node-state.json"
 HTTP_TIMEOUT = 5.0
 """Seconds for one tracker call; the client backs off and retries after."""
@@ -114,7 +126,9 @@ async def _execute_http(node: Node, http: aiohttp.ClientSession, call: HttpCall)
     node.tracker_result(call, ok, body)
 
 
-async def _start_learning(node: Node, data_dir: Path) -> LearnerService | None:
+async def _start_learning(
+    node: Node, data_dir: Path, trust: TrustSettings
+) -> LearnerService | None:
     """With a ``[learning]`` section: open the learner (replaying the sample log,
     restoring the checkpoint) and start its rounds. torch is imported only here,
     so nodes that do not learn stay light."""
@@ -126,11 +140,60 @@ async def _start_learning(node: Node, data_dir: Path) -> LearnerService | None:
     section = node.session.section("learning")
     service = await LearnerService.start(LearningConfig.from_section(section), data_dir)
     node.learner = service.learner
-    _collaborate(node, service, section)
+    _collaborate(node, service, section, trust)
     return service
 
 
-def _collaborate(node: Node, service: LearnerService, section: dict[str, Any]) -> None:
+def _defense(node: Node, service: LearnerService, trust: TrustSettings) -> Defense | None:
+    """The session's defence for this node, wired to its blacklist (None: no defence).
+
+    The defence runs in the learner's thread (merges happen there), so its
+    verdicts hop to the event loop before they touch the node; reads from the
+    event loop (the blacklist asking the detector's opinion) are single
+    dictionary lookups.
+    """
+    if trust.defense is None:
+        return None
+    import secrets
+
+    from deepgossip.trust.defense import Defense
+
+    loop = asyncio.get_running_loop()
+    name = trust.defense.name
+
+    def convicted(conviction: Conviction) -> None:  # event loop
+        log.warning(
+            "defence %s convicted peer %s (suspicion %.2f)",
+            name,
+            conviction.peer_id.hex(),
+            conviction.suspicion,
+        )
+        if node.blacklist is not None:
+            node.accuse(conviction.peer_id, conviction.suspicion, conviction.evidence)
+
+    learner = service.learner
+    with learner.locked() as model:
+        groups = [p.numel() for p in model.parameters()]
+    defense = Defense(
+        trust.defense,
+        size=sum(groups),
+        groups=groups,
+        # Private randomness: a coordinate subset attackers can predict is one
+        # they can avoid (AUROR judges a sample of the coordinates).
+        seed=secrets.randbits(63),
+        initial=learner.initial_parameters(),
+        is_blacklisted=node.is_blacklisted,
+        on_verdict=lambda c: loop.call_soon_threadsafe(convicted, c),
+    )
+    # ``defense.progress`` stays 0: a node has no planned number of rounds, so
+    # BALANCE's acceptance radius does not shrink over training here.
+    node.own_suspicion = defense.own_suspicion
+    return defense
+
+
+def _collaborate(
+    node: Node, service: LearnerService, section: dict[str, Any], trust: TrustSettings
+) -> None:
     """Share the learner's updates with peers and merge theirs (docs/learning.md)."""
     from deepgossip.learn.collaboration import Collaboration, CollaborationConfig
     from deepgossip.learn.exchange import PullRequested, UpdateExchange, UpdateReceived
@@ -139,12 +202,14 @@ def _collaborate(node: Node, service: LearnerService, section: dict[str, Any]) -
         service.learner,
         CollaborationConfig.from_section(section),
         node.node_id,
-        peers_available=lambda: bool(node.swim.live_members()),
+        peers_available=lambda: bool(node.live_peers()),
+        defense=_defense(node, service, trust),
     )
+    node.defense_summary = collaboration.defense_summary
     exchange = UpdateExchange(
         node.identity.public_key_bytes,
         collaboration.size,
-        lambda: [m.address for m in node.swim.live_members()],
+        lambda: [m.address for m in node.live_peers()],
         random.Random(),
     )
     node.host.add_core("learn", exchange)
@@ -204,6 +269,7 @@ async def run_node(options: NodeOptions, ready: asyncio.Event | None = None) -> 
         session = Session(
             session.session_id, options.trackers, session.secret_sha256, session.sections
         )
+    trust = TrustSettings.from_session(session)  # before any socket: fail fast
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -223,22 +289,25 @@ async def run_node(options: NodeOptions, ready: asyncio.Event | None = None) -> 
             rng=random.Random(),
             incarnation=incarnation,
             api_address=(options.api_host, options.api_port) if options.api_port else None,
+            blacklist=trust.blacklist,
         )
         tasks: set[asyncio.Task[None]] = set()
-        learning = await _start_learning(node, options.data_dir)
+        learning = await _start_learning(node, options.data_dir, trust)
 
         def on_event(event: Any) -> None:
-            if options.print_events and isinstance(event, _MEMBER_EVENTS):
+            if options.print_events and isinstance(event, _MEMBER_EVENTS + _EXCLUSION_EVENTS):
+                excluded = isinstance(event, _EXCLUSION_EVENTS)
+                member = event.node_id if excluded else event.member.node_id
                 print(
                     json.dumps(
-                        {
-                            "event": type(event).__name__,
-                            "t": time.time(),
-                            "member": event.member.node_id.hex(),
-                        }
+                        {"event": type(event).__name__, "t": time.time(), "member": member.hex()}
                     ),
                     flush=True,
                 )
+            if isinstance(event, PeerBlacklisted):
+                log.warning("blacklisted peer %s (%s)", event.peer_id.hex(), event.by)
+            elif isinstance(event, PeerUnblacklisted):
+                log.warning("peer %s no longer blacklisted (%s)", event.peer_id.hex(), event.why)
             if isinstance(event, HttpCall):
                 task = loop.create_task(_execute_http(node, http, event))
                 tasks.add(task)

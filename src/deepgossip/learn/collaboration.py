@@ -12,6 +12,11 @@ class is the one place where the two meet:
 
 The mixing state that must survive a restart (GoSGD's weight) lives in the
 learner's ``mixing_state``, which every checkpoint saves.
+
+With a ``defense`` (:class:`~deepgossip.trust.defense.Defense`, from the
+session's ``[defense]`` table) the mixing rule screens every merge through it;
+the defence then runs in the worker thread, under this class's lock, and what
+it drops is counted in :attr:`Collaboration.screened_out`.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -30,6 +35,9 @@ from deepgossip.learn.mixing import GoSGD, MixingConfig, MixingRule, make_rule
 from deepgossip.learn.params import assign, flatten
 from deepgossip.learn.sharing import Sharer, SharingConfig, SparseUpdate, UpdateRejected
 from deepgossip.learn.trust_weights import HoldoutEvaluator
+
+if TYPE_CHECKING:
+    from deepgossip.trust.defense import Defense
 
 _MIXING_KEYS = {
     "rule": "rule",
@@ -87,6 +95,20 @@ class CollaborationConfig:
         }
 
 
+@dataclass(frozen=True)
+class DefenseSummary:
+    """A snapshot of one node's defence, as ``/v1/status`` reports it."""
+
+    name: str
+    """The defence (``"none"`` without one), e.g. ``"auror+clipping"``."""
+    convicted: frozenset[bytes]
+    """Peers the local detector convicted (the node's blacklist may hold more)."""
+    rejected: int
+    """Received updates the defence dropped."""
+    rejected_by_reason: dict[str, int]
+    """Those drops by reason (``blacklisted``, ``auror_flagged``, ``robust``, ...)."""
+
+
 class _GrowingHoldout:
     """Held-out loss for the trust rule, on the learner's held-out samples, which
     grow as the application sends data (the evaluator is rebuilt when they do)."""
@@ -138,6 +160,8 @@ class Collaboration:
         node_id: bytes,
         peers_available: Callable[[], bool] = lambda: True,
         catch_up_timeout: float | None = None,
+        *,
+        defense: Defense | None = None,
     ) -> None:
         self.learner = learner
         self.config = config
@@ -156,7 +180,9 @@ class Collaboration:
             self_id=node_id,
             num_nodes=config.expected_nodes,
             evaluator=_GrowingHoldout(learner) if config.mixing.rule == "trust" else None,
+            defense=defense,
         )
+        self.defense = defense
         if isinstance(self.rule, GoSGD) and "alpha" in learner.mixing_state:
             self.rule.alpha = float(learner.mixing_state["alpha"])
         self._lock = threading.Lock()
@@ -164,6 +190,9 @@ class Collaboration:
         self._round = 0
         self.rejected = 0
         self.merged = 0
+        self.screened_out = 0
+        """Received updates the defence dropped (blacklisted origin, AUROR, robust rule)."""
+        self._adopt_blacklisted = 0
         self.catching_up = config.mixing.rule != "none" and not learner.mixing_state.get(
             "joined", False
         )
@@ -212,12 +241,32 @@ class Collaboration:
                     w = flatten(model)
                     report = self.rule.merge(w, now)
                     assign(model, w)
+                    self.screened_out += report.rejected
                     return report.merged
 
                 self.merged += self.learner.apply(merge)
             if isinstance(self.rule, GoSGD):
                 self.learner.mixing_state["alpha"] = self.rule.alpha
             return update
+
+    def defense_summary(self) -> DefenseSummary:
+        """What the defence did so far (for ``/v1/status``), read under the lock:
+        the worker thread mutates the defence while it merges."""
+        with self._lock:
+            defense = self.defense
+            if defense is None:
+                return DefenseSummary("none", frozenset(), self.screened_out, {})
+            prefix = "rejected_"
+            reasons = {
+                k[len(prefix) :]: v for k, v in defense.stats.items() if k.startswith(prefix)
+            }
+            if robust := defense.stats.get("robust_rejected", 0):
+                reasons["robust"] = robust
+            if self._adopt_blacklisted:
+                reasons["blacklisted"] = reasons.get("blacklisted", 0) + self._adopt_blacklisted
+            return DefenseSummary(
+                defense.config.name, defense.blacklisted, self.screened_out, reasons
+            )
 
     def _catch_up(self, connected: bool, now: float) -> None:
         """Late joiner: adopt the first models that arrive, or give up waiting."""
@@ -227,6 +276,9 @@ class Collaboration:
                 w = flatten(model)
                 report = self.rule.adopt(w, now)
                 assign(model, w)
+                # Adoption drops blacklisted origins itself (nothing to screen against).
+                self.screened_out += report.rejected
+                self._adopt_blacklisted += report.rejected
                 return report.merged
 
             self.merged += self.learner.apply(adopt)

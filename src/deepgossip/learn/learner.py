@@ -52,6 +52,7 @@ from deepgossip.learn.checkpoint import (
 )
 from deepgossip.learn.datastore import DATA_FILE, DataLimits, DataStore, to_unit_float
 from deepgossip.learn.models import build_model, model_names
+from deepgossip.learn.params import flatten
 from deepgossip.learn.train import TrainConfig, make_optimizer, predict, train_steps
 
 __all__ = [
@@ -309,6 +310,16 @@ class Learner:
             self.merges += 1
             self.model_version += 1
             return result
+
+    def initial_parameters(self) -> torch.Tensor:
+        """The flat parameters of the model every node of the session starts from.
+
+        Rebuilt from ``config.seed`` (what :meth:`_fresh` does), not read from
+        the current model, which a checkpoint may have moved: a defence uses it
+        as the public state of peers that have not published a coordinate yet.
+        """
+        model, _, _ = self._fresh()
+        return flatten(model)
 
     def parameters(self) -> dict[str, torch.Tensor]:
         """A consistent copy of the model's state dict (taken under the lock)."""
