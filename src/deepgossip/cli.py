@@ -270,16 +270,13 @@ def experiment() -> None:
 @click.option("--out", type=click.Path(file_okay=False), required=True)
 def experiment_run(scenario: str, out: str) -> None:
     """Run SCENARIO.toml; write metrics.jsonl, summary.json, accuracy.png, report.md."""
-    from deepgossip.experiments.scenario import ScenarioError, run_scenario
+    from deepgossip.experiments.scenario import ScenarioError, run_scenario, summary_line
 
     try:
         result = run_scenario(scenario, out)
     except ScenarioError as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(
-        f"{result['scenario']}: accuracy mean {result['accuracy_mean']:.2%} "
-        f"(min {result['accuracy_min']:.2%}); wrote {out}/report.md"
-    )
+    click.echo(f"{summary_line(result)}; wrote {out}/report.md")
 
 
 @main.command()

@@ -500,11 +500,15 @@ def _simulate(
     for checkpoint in range(settings.eval_every, settings.rounds + 1, settings.eval_every):
         net.run_until(start + checkpoint * settings.round_period + settings.round_period)
         accs = [accuracy(p.model, *data.curve_test) for p in honest]
+        per_node: list[float | None] = [None] * settings.nodes  # None: an attacker
+        for p, acc in zip(honest, accs, strict=True):
+            per_node[p.index] = acc
         curve.append(
             {
                 "round": checkpoint,
                 "honest_accuracy_mean": float(np.mean(accs)),
                 "honest_accuracy_min": float(np.min(accs)),
+                "per_node": per_node,
                 "attackers_blacklisted_pairs": sum(len(_final_listed(p) & bad_ids) for p in honest),
             }
         )
