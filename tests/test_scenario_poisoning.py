@@ -10,11 +10,37 @@ import pytest
 from deepgossip.experiments.poisoning_sim import PoisoningSettings
 from deepgossip.experiments.scenario import ScenarioError, read_scenario
 
+SCENARIOS = Path(__file__).parent.parent / "scenarios"
+
 TINY = (
     "[scenario]\nname = 'tiny-poison'\nnodes = 4\nmalicious = 0.25\ndataset = 'digits'\n"
     "model = 'logreg'\nrounds = 3\neval_every = 1\nsteps_per_round = 5\nbatch_size = 32\n"
     "lr = 0.01\n"
 )
+
+
+def test_the_shipped_poisoning_scenarios_load_with_their_sweeps() -> None:
+    bhagoji = read_scenario(SCENARIOS / "poisoning_bhagoji_fashion-mnist.toml")
+    assert bhagoji.sweep_key == "mixing.push_prob" and len(bhagoji.sweep) >= 3
+    for value, settings, _ in bhagoji.sweep:
+        assert isinstance(settings, PoisoningSettings)
+        assert (settings.nodes, settings.malicious_count, settings.dataset) == (
+            10,
+            1,
+            "fashion-mnist",
+        )
+        assert settings.attack.name == "targeted" and settings.mixing_config.rule == "gosgd"
+        assert settings.mixing_config.push_prob == value
+    auror = read_scenario(SCENARIOS / "auror_label_flip_mnist.toml")
+    assert auror.sweep_key == "malicious" and [v for v, *_ in auror.sweep] == [0.1, 0.2, 0.3]
+    counts = [(s.malicious_count, s.attack.num_malicious) for _, s, _ in auror.sweep]
+    assert counts == [(1, 1), (2, 2), (3, 3)]
+    assert all(
+        s.defense.name == "auror" and s.attack.name == "label_flip" for _, s, _ in auror.sweep
+    )
+    assert all(
+        (s.model, s.lr, s.rounds, s.threads) == ("mlp", 0.01, 100, 1) for _, s, _ in auror.sweep
+    )
 
 
 @pytest.mark.parametrize(
