@@ -260,6 +260,66 @@ def bench_poisoning(**options: Any) -> None:
         raise click.UsageError(str(exc)) from exc
 
 
+@bench.command("poisoning-matrix")
+@click.option(
+    "--attacks",
+    default="label_flip,sign_flip,targeted,backdoor",
+    show_default=True,
+    help="Comma-separated attacks (rows; 'none' is always run: the no-attack reference).",
+)
+@click.option(
+    "--defenses",
+    default="none,auror,median,trimmed_mean,clipping",
+    show_default=True,
+    help="Comma-separated defences, e.g. auror+clipping ('none' is always run).",
+)
+@click.option("--partitions", default="iid,dirichlet", show_default=True, help="Comma-separated.")
+@click.option(
+    "--dataset",
+    type=click.Choice(["mnist", "fashion-mnist", "mnist-5k", "digits"]),
+    default="mnist",
+    show_default=True,
+)
+@click.option(
+    "--model", type=click.Choice(["logreg", "mlp", "cnn"]), default="mlp", show_default=True
+)
+@click.option("--nodes", type=click.IntRange(min=2), default=10, show_default=True)
+@click.option("--alpha", type=float, default=0.5, show_default=True, help="Dirichlet alpha.")
+@click.option(
+    "--malicious", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.3, show_default=True
+)
+@click.option("--boost", type=click.FloatRange(min=0.0, min_open=True), default=1.0)
+@click.option("--target-class", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option(
+    "--source-class", type=click.IntRange(min=0), default=None, help="label_flip: only this class."
+)
+@click.option(
+    "--rule", type=click.Choice(["average", "gosgd"]), default="average", show_default=True
+)
+@click.option("--fanout", type=click.IntRange(min=1), default=None, help="Default: all peers.")
+@click.option("--push-prob", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.1)
+@click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam", show_default=True)
+@click.option(
+    "--lr", type=click.FloatRange(min=0.0, min_open=True), default=1e-2, show_default=True
+)
+@click.option("--rounds", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--steps-per-round", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--eval-every", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
+@click.option("--out", type=click.Path(file_okay=False), required=True)
+def bench_poisoning_matrix(**options: Any) -> None:
+    """Every attack against every defence, per partition: JSON, markdown table, heatmaps."""
+    from deepgossip.experiments.poisoning_matrix import run_poisoning_matrix_cli
+
+    try:
+        run_poisoning_matrix_cli(**options)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
 @main.group()
 def experiment() -> None:
     """Experiments described by scenario files (see scenarios/)."""

@@ -98,3 +98,52 @@ def plot_network_demo(result: dict[str, Any], path: str | Path) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def plot_heatmap(
+    values: list[list[float | None]],
+    rows: list[str],
+    columns: list[str],
+    path: str | Path,
+    *,
+    title: str,
+    label: str,
+    notes: list[list[str]] | None = None,
+) -> Path:
+    """A table of fractions as coloured cells (missing: grey), each annotated with
+    its value in percent and an optional note beneath it."""
+    import numpy as np
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = np.array([[np.nan if v is None else v for v in row] for row in values], dtype=float)
+    fig, ax = plt.subplots(figsize=(1.6 + 1.5 * len(columns), 1.2 + 0.75 * len(rows)), dpi=120)
+    finite = data[np.isfinite(data)]
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="lightgrey")
+    image = ax.imshow(
+        np.ma.masked_invalid(data), cmap=cmap, vmin=low, vmax=max(high, low + 1e-9), aspect="auto"
+    )
+    for i in range(len(rows)):
+        for j in range(len(columns)):
+            text = "n/a" if np.isnan(data[i, j]) else f"{100 * data[i, j]:.1f}%"
+            if notes is not None and notes[i][j]:
+                text += f"\n{notes[i][j]}"
+            bright = np.isfinite(data[i, j]) and data[i, j] > (low + high) / 2
+            ax.text(
+                j,
+                i,
+                text,
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="black" if bright else "white",
+            )
+    ax.set_xticks(range(len(columns)), columns, rotation=30, ha="right")
+    ax.set_yticks(range(len(rows)), rows)
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(image, ax=ax, label=label)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
