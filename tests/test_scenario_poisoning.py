@@ -158,3 +158,20 @@ def test_a_tiny_poisoning_sweep_runs_end_to_end(tmp_path: Path) -> None:
     ):
         assert figure in text
     assert (one / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_learning_scenario_can_be_swept_too(tmp_path: Path) -> None:
+    from deepgossip.experiments.scenario import run_scenario
+
+    path = tmp_path / "tiny.toml"
+    path.write_text(
+        "[scenario]\nname = 'tiny-learning'\nnodes = 2\ndataset = 'digits'\nmodel = 'logreg'\n"
+        "rounds = 4\neval_every = 2\nthreads = 1\nreferences = false\n"
+        "[sweep]\n'mixing.push_prob' = [0.1, 1.0]\n"
+    )
+    summary = run_scenario(path, tmp_path / "out")
+    assert summary["sweep"] == {"key": "mixing.push_prob", "values": [0.1, 1.0]}
+    assert all(0.0 <= row["accuracy_mean"] <= 1.0 for row in summary["runs"])
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "| 0.1 |" in report and "centralized" not in report  # no references ran
+    assert (tmp_path / "out" / "mixing.push_prob=1.0" / "accuracy.png").exists()
