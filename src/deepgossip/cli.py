@@ -392,6 +392,20 @@ def _address(value: str) -> tuple[str, int]:
     default=0.0,
     help="Drop this fraction of incoming datagrams (fault injection for tests).",
 )
+@click.option(
+    "--attack",
+    default=None,
+    metavar="NAME",
+    help="EXPERIMENTS ONLY: make this node malicious (label_flip, backdoor, sign_flip, "
+    "noise, scale; see deepgossip.attacks.behaviour).",
+)
+@click.option(
+    "--attack-option",
+    "attack_options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="An AttackConfig field for --attack, e.g. noise_std=1.0 (repeatable).",
+)
 def node(
     session_path: str,
     trackers: tuple[str, ...],
@@ -405,13 +419,15 @@ def node(
     log_level: str,
     print_events: bool,
     inject_loss: float,
+    attack: str | None,
+    attack_options: tuple[str, ...],
 ) -> None:
     """Run a node: membership and gossip on PORT, its API on API_PORT."""
     import asyncio
     import logging
     from pathlib import Path
 
-    from deepgossip.node_process import NodeOptions, run_node
+    from deepgossip.node_process import NodeOptions, attack_config, run_node
     from deepgossip.session import SessionError
     from deepgossip.trust.settings import TrustSettings
 
@@ -421,6 +437,16 @@ def node(
         TrustSettings.from_session(session)  # [defense], [blacklist]: fail before any socket
     except SessionError as exc:
         raise click.ClickException(str(exc)) from exc
+    malice = None
+    if attack_options and attack is None:
+        raise click.UsageError("--attack-option needs --attack")
+    if attack is not None:
+        if "learning" not in session.sections:
+            raise click.UsageError(f"--attack {attack} needs a session with [learning]")
+        try:
+            malice = attack_config(attack, attack_options)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--attack") from exc
     options = NodeOptions(
         session=session,
         secret=secret,
@@ -433,6 +459,7 @@ def node(
         trackers=trackers,
         print_events=print_events,
         inject_loss=inject_loss,
+        attack=malice,
     )
     asyncio.run(run_node(options))
 

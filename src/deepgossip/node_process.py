@@ -11,6 +11,13 @@ node screens every merge through a :class:`~deepgossip.trust.defense.Defense`
 and, unless the defence keeps its verdicts local, runs the gossiped blacklist
 (``Node(blacklist=...)``): its detector's convictions become signed accusations,
 and blacklisted peers are dropped from mixing and from membership alike.
+
+``--attack NAME`` (experiments and tests only, never a default) makes the node
+malicious with :mod:`deepgossip.attacks.behaviour`: data attacks poison the
+training samples its application feeds (:attr:`Learner.data_hook`), update
+attacks what it publishes (``Collaboration.publish_transform``). Like the
+simulated attackers of :mod:`deepgossip.experiments.poisoning_sim`, such a node
+runs no defence and accuses nobody.
 """
 
 from __future__ import annotations
@@ -21,7 +28,10 @@ import logging
 import os
 import random
 import signal
+import sys
 import time
+import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,13 +53,15 @@ from deepgossip.membership.events import (
 from deepgossip.net.aio import AsyncioRuntime
 from deepgossip.net.runtime import Address, Receiver
 from deepgossip.node import Node
-from deepgossip.session import Session
+from deepgossip.session import Session, SessionError
 from deepgossip.tracker.client import HttpCall
 from deepgossip.trust.blacklist import PeerBlacklisted, PeerUnblacklisted
 from deepgossip.trust.settings import TrustSettings
 from deepgossip.wire.identity import Identity
 
 if TYPE_CHECKING:
+    from deepgossip.attacks.behaviour import AttackConfig
+    from deepgossip.learn.collaboration import Collaboration
     from deepgossip.learn.service import LearnerService
     from deepgossip.trust.defense import Conviction, Defense
 
@@ -60,6 +72,13 @@ _EXCLUSION_EVENTS = (MemberExcluded, MemberReadmitted)
 STATE_FILE = "node-state.json"
 HTTP_TIMEOUT = 5.0
 """Seconds for one tracker call; the client backs off and retries after."""
+
+PROCESS_ATTACKS: tuple[str, ...] = ("label_flip", "backdoor", "sign_flip", "noise", "scale")
+"""Attacks a node process can run: they need only its own data and its own
+update. The others need what a process does not have: other peers' updates
+(``alie``, ``ipm``, ``free_ride``), the examples to misclassify and a training
+loop of their own (``targeted``), or hooks in the trust and membership layers
+(``slander``, ``swim_lies``); the simulator runs them all."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +97,46 @@ class NodeOptions:
     inject_loss: float = 0.0
     """Drop this fraction of incoming datagrams: fault injection for benchmarks and
     tests, since loopback itself loses nothing. Stream frames are never dropped."""
+    attack: AttackConfig | None = None
+    """Behave maliciously (experiments only; see :func:`attack_config`)."""
+
+
+def _option_value(text: str) -> Any:
+    """A TOML value (``3``, ``0.5``, ``true``, ``[1, 0]``), else the text itself."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def attack_config(name: str, options: Sequence[str] = ()) -> AttackConfig:
+    """The :class:`AttackConfig` of ``--attack NAME --attack-option KEY=VALUE ...``.
+
+    Values are read as TOML values (``noise_std=1.0``, ``permutation=[1, 0]``),
+    or as strings (``noise_mode=replace``). Raises ``ValueError`` for an attack a
+    process cannot run (the message lists those it can) or a bad option.
+    """
+    from deepgossip.attacks.behaviour import ATTACK_NAMES, AttackConfig
+
+    if name not in PROCESS_ATTACKS:
+        known = "" if name in ATTACK_NAMES else " (unknown attack)"
+        raise ValueError(
+            f"attack {name!r} cannot run in a node process{known}; "
+            f"supported: {', '.join(PROCESS_ATTACKS)}"
+        )
+    values: dict[str, Any] = {"name": name}
+    for option in options:
+        key, sep, text = option.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"attack option {option!r} is not KEY=VALUE")
+        if key == "name":
+            raise ValueError("the attack's name is --attack, not an option")
+        values[key] = _option_value(text.strip())
+    try:
+        return AttackConfig.from_section(values)
+    except TypeError as exc:  # a value of the wrong kind reached a comparison
+        raise ValueError(f"bad attack option: {exc}") from exc
 
 
 def next_incarnation(data_dir: Path) -> int:
@@ -127,7 +186,7 @@ async def _execute_http(node: Node, http: aiohttp.ClientSession, call: HttpCall)
 
 
 async def _start_learning(
-    node: Node, data_dir: Path, trust: TrustSettings
+    node: Node, data_dir: Path, trust: TrustSettings, attack: AttackConfig | None = None
 ) -> LearnerService | None:
     """With a ``[learning]`` section: open the learner (replaying the sample log,
     restoring the checkpoint) and start its rounds. torch is imported only here,
@@ -140,8 +199,25 @@ async def _start_learning(
     section = node.session.section("learning")
     service = await LearnerService.start(LearningConfig.from_section(section), data_dir)
     node.learner = service.learner
-    _collaborate(node, service, section, trust)
+    collaboration = _collaborate(node, service, section, trust)
+    if attack is not None:
+        _attack(service, collaboration, attack)
     return service
+
+
+def _attack(service: LearnerService, collaboration: Collaboration, config: AttackConfig) -> None:
+    """Install ``config``'s hooks: poison the training samples the application
+    feeds and the update the node publishes (both run in the learner's thread,
+    the only user of the attack's random generators)."""
+    from deepgossip.attacks.behaviour import make_attack
+
+    learner = service.learner
+    attack = make_attack(config, num_classes=learner.config.num_classes)
+    if attack.poisons_data:
+        learner.data_hook = attack.poison_data
+    collaboration.publish_transform = lambda honest, reference: attack.poison_update(
+        honest, reference
+    )
 
 
 def _defense(node: Node, service: LearnerService, trust: TrustSettings) -> Defense | None:
@@ -193,7 +269,7 @@ def _defense(node: Node, service: LearnerService, trust: TrustSettings) -> Defen
 
 def _collaborate(
     node: Node, service: LearnerService, section: dict[str, Any], trust: TrustSettings
-) -> None:
+) -> Collaboration:
     """Share the learner's updates with peers and merge theirs (docs/learning.md)."""
     from deepgossip.learn.collaboration import Collaboration, CollaborationConfig
     from deepgossip.learn.exchange import PullRequested, UpdateExchange, UpdateReceived
@@ -245,6 +321,7 @@ def _collaborate(
     node.host.subscribe(on_event)
     service.after_round = after_round
     service.on_result = on_result
+    return collaboration
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,6 +337,26 @@ PULL_PEERS = 3
 answer does not stall it, few enough not to load the network."""
 
 
+def _warn_malicious(attack: AttackConfig, trust: TrustSettings) -> None:
+    """Say loudly, on stderr and in the log, that this node is an attacker."""
+    from dataclasses import asdict
+
+    from deepgossip.attacks.behaviour import AttackConfig
+
+    defaults = asdict(AttackConfig(name=attack.name))
+    changed = [f"{k}={v!r}" for k, v in asdict(attack).items() if defaults.get(k) != v]
+    banner = (
+        f"*** WARNING: THIS NODE IS MALICIOUS: attack {attack.name!r} "
+        f"({', '.join(changed) or 'default options'}); it poisons what it learns and "
+        "publishes. deepgossip node --attack is for experiments and tests only ***"
+    )
+    log.warning(banner)
+    if not log.isEnabledFor(logging.WARNING):  # --log-level ERROR must not hide it
+        print(banner, file=sys.stderr, flush=True)
+    if trust.defense is not None:
+        log.warning("the session's defence %r is not run by this attacker", trust.defense.name)
+
+
 async def run_node(options: NodeOptions, ready: asyncio.Event | None = None) -> None:
     options.data_dir.mkdir(parents=True, exist_ok=True)
     identity = Identity.load_or_create(options.data_dir)
@@ -270,6 +367,12 @@ async def run_node(options: NodeOptions, ready: asyncio.Event | None = None) -> 
             session.session_id, options.trackers, session.secret_sha256, session.sections
         )
     trust = TrustSettings.from_session(session)  # before any socket: fail fast
+    attack = options.attack
+    if attack is not None:
+        if "learning" not in session.sections:
+            raise SessionError(f"--attack {attack.name} needs a [learning] session: no updates")
+        _warn_malicious(attack, trust)
+        trust = TrustSettings()  # attackers run no defence and accuse nobody
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -292,7 +395,7 @@ async def run_node(options: NodeOptions, ready: asyncio.Event | None = None) -> 
             blacklist=trust.blacklist,
         )
         tasks: set[asyncio.Task[None]] = set()
-        learning = await _start_learning(node, options.data_dir, trust)
+        learning = await _start_learning(node, options.data_dir, trust, attack)
 
         def on_event(event: Any) -> None:
             if options.print_events and isinstance(event, _MEMBER_EVENTS + _EXCLUSION_EVENTS):
@@ -332,6 +435,7 @@ async def run_node(options: NodeOptions, ready: asyncio.Event | None = None) -> 
                     "incarnation": incarnation,
                     "api_token_file": str(options.data_dir / TOKEN_FILE),
                     "learning": learning is not None,
+                    "attack": attack.name if attack is not None else None,
                 }
             ),
             flush=True,

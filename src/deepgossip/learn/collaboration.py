@@ -17,6 +17,11 @@ With a ``defense`` (:class:`~deepgossip.trust.defense.Defense`, from the
 session's ``[defense]`` table) the mixing rule screens every merge through it;
 the defence then runs in the worker thread, under this class's lock, and what
 it drops is counted in :attr:`Collaboration.screened_out`.
+
+A ``publish_transform`` (experiments only: a node started with ``--attack``)
+replaces the parameters this node publishes by what the transform makes of
+them and of the parameters at the start of the round; the node's own model
+stays what it trained and merged.
 """
 
 from __future__ import annotations
@@ -95,6 +100,14 @@ class CollaborationConfig:
         }
 
 
+PublishTransform = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``(honest, reference) -> published``: the flat parameters a node publishes
+instead of its trained ones, given those at the start of the round. For
+malicious behaviours in experiments only (``deepgossip node --attack``,
+:meth:`deepgossip.attacks.behaviour.Attack.poison_update`); the result is never
+written back into the model."""
+
+
 @dataclass(frozen=True)
 class DefenseSummary:
     """A snapshot of one node's defence, as ``/v1/status`` reports it."""
@@ -162,6 +175,7 @@ class Collaboration:
         catch_up_timeout: float | None = None,
         *,
         defense: Defense | None = None,
+        publish_transform: PublishTransform | None = None,
     ) -> None:
         self.learner = learner
         self.config = config
@@ -183,6 +197,10 @@ class Collaboration:
             defense=defense,
         )
         self.defense = defense
+        self.publish_transform = publish_transform
+        # The parameters at the start of the current round (after the last merge):
+        # the reference a malicious transform builds its update from.
+        self._reference = initial.clone() if publish_transform is not None else None
         if isinstance(self.rule, GoSGD) and "alpha" in learner.mixing_state:
             self.rule.alpha = float(learner.mixing_state["alpha"])
         self._lock = threading.Lock()
@@ -247,6 +265,9 @@ class Collaboration:
                 self.merged += self.learner.apply(merge)
             if isinstance(self.rule, GoSGD):
                 self.learner.mixing_state["alpha"] = self.rule.alpha
+            if self.publish_transform is not None:
+                with self.learner.locked() as model:
+                    self._reference = flatten(model)
             return update
 
     def defense_summary(self) -> DefenseSummary:
@@ -298,6 +319,8 @@ class Collaboration:
         self._round = max(self._round + 1, int(time.time() * 1000))
         with self.learner.locked() as model:
             params = flatten(model)
+        if self.publish_transform is not None and self._reference is not None:
+            params = self.publish_transform(params, self._reference)
         return self.rule.make_outgoing(
             self.sharer.make_update(
                 params,

@@ -229,6 +229,10 @@ class RoundStats:
         return asdict(self)
 
 
+DataHook = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+"""``(x, y) -> (x', y')``: what a learner trains on instead of a chunk of samples."""
+
+
 class Learner:
     """A node's model, optimizer, local data and training rounds (thread-safe)."""
 
@@ -264,6 +268,13 @@ class Learner:
         self.last_round: RoundStats | None = None
         self.checkpoint_version: int | None = None
         self.training = False
+        self.data_hook: DataHook | None = None
+        """Applied to every newly synced chunk of *training* samples before the
+        learner trains on them (the held-out ones stay as the application sent
+        them). For malicious behaviours in experiments (``deepgossip node
+        --attack``, :meth:`deepgossip.attacks.behaviour.Attack.poison_data`):
+        the sample log keeps the application's data, so a node restarted
+        without the attack is honest again. Honest nodes never set it."""
         self._interrupt = threading.Event()
         self._seen = 0
         empty_x = torch.zeros((0, *config.input_shape))
@@ -343,9 +354,12 @@ class Learner:
             hold = torch.from_numpy(
                 holdout_mask(start, n, self.config.holdout_fraction, self.config.seed)
             )
+            x_train, y_train = x[~hold], y[~hold]
+            if self.data_hook is not None and len(y_train):
+                x_train, y_train = self.data_hook(x_train, y_train)
             with self._lock:
-                self._x_train = torch.cat([self._x_train, x[~hold]])
-                self._y_train = torch.cat([self._y_train, y[~hold]])
+                self._x_train = torch.cat([self._x_train, x_train])
+                self._y_train = torch.cat([self._y_train, y_train])
                 self._x_hold = torch.cat([self._x_hold, x[hold]])
                 self._y_hold = torch.cat([self._y_hold, y[hold]])
                 self._seen = start + n
