@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 
+from deepgossip.learn.collaboration import DefenseSummary
 from deepgossip.membership.events import MemberExcluded, MemberReadmitted
 from deepgossip.net.sim import SimNetwork
 from deepgossip.node import Node
@@ -63,6 +64,10 @@ def test_a_blacklisted_peer_is_excluded_from_membership_and_readmitted_when_lift
         assert bad.node_id not in {m.node_id for m in node.live_peers()}
         assert node.swim.live_count == 4
         assert [e.node_id for e in seen if isinstance(e, MemberExcluded)] == [bad.node_id]
+    trust = nodes[0].status()["trust"]
+    assert trust["blacklisted"] == [bad.node_id.hex()] and trust["blacklisted_count"] == 1
+    assert trust["blacklist"]["blacklisted"][bad.node_id.hex()]["by"] == "quorum"
+    assert trust["defense"] == "none" and trust["updates_rejected"] == 0
     # It keeps pinging; nobody answers, so it loses everyone, while the honest
     # nodes keep a full view of each other.
     net.run_for(30)
@@ -83,3 +88,26 @@ def test_a_blacklisted_peer_is_excluded_from_membership_and_readmitted_when_lift
     assert [e.node_id for e in events[0] if isinstance(e, MemberReadmitted)] == [bad.node_id]
     assert node0.swim.member(bad.node_id) is not None
     assert all(node.codec.stats.dropped.total() == 0 for node in nodes)
+
+
+def test_status_reports_the_defence_and_its_own_verdicts() -> None:
+    net, nodes, _ = _cluster(2, seed=3)
+    node = nodes[0]
+    convicted = b"\x07" * 16
+    node.defense_summary = lambda: DefenseSummary(
+        "auror+clipping", frozenset({convicted}), 5, {"auror_flagged": 4, "blacklisted": 1}
+    )
+    trust = node.status()["trust"]
+    assert trust["defense"] == "auror+clipping"
+    assert trust["blacklisted"] == [convicted.hex()] and trust["blacklisted_count"] == 1
+    assert trust["updates_rejected"] == 5
+    assert trust["rejected_by_reason"] == {"auror_flagged": 4, "blacklisted": 1}
+    plain = Node(net, ("10.2.9.9", 7000), Identity.generate(), SESSION, SECRET)
+    assert plain.status()["trust"] == {
+        "defense": "none",
+        "blacklisted": [],
+        "blacklisted_count": 0,
+        "updates_rejected": 0,
+        "rejected_by_reason": {},
+        "blacklist": None,
+    }

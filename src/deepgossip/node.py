@@ -336,6 +336,27 @@ class Node:
             },
             "updates": asdict(self.update_stats),
             "learning": self.learner.status() if self.learner is not None else None,
+            "trust": self.trust_status(),
+        }
+
+    def trust_status(self) -> dict[str, Any]:
+        """The defence and the blacklist, for ``/v1/status``.
+
+        ``blacklisted``: the peers this node ignores, i.e. its gossiped
+        blacklist's entries plus the local detector's own convictions (all
+        there is when verdicts stay local).
+        """
+        summary = self.defense_summary() if self.defense_summary is not None else None
+        listed = set(self.blacklist.blacklisted()) if self.blacklist is not None else set()
+        if summary is not None:
+            listed |= summary.convicted
+        return {
+            "defense": summary.name if summary is not None else "none",
+            "blacklisted": sorted(peer.hex() for peer in listed),
+            "blacklisted_count": len(listed),
+            "updates_rejected": summary.rejected if summary is not None else 0,
+            "rejected_by_reason": dict(summary.rejected_by_reason) if summary else {},
+            "blacklist": self.blacklist.status() if self.blacklist is not None else None,
         }
 
 

@@ -163,9 +163,49 @@ _SCHEMAS: Final[dict[str, Any]] = {
             "checkpoint_version": {"type": "integer", "nullable": True},
         },
     },
+    "Trust": {
+        "type": "object",
+        "description": (
+            "The node's defence against poisoned updates and its blacklist (the "
+            "session's [defense] and [blacklist] tables; docs/api.md)."
+        ),
+        "required": ["defense", "blacklisted", "blacklisted_count", "updates_rejected"],
+        "properties": {
+            "defense": {
+                "type": "string",
+                "description": "The defence, e.g. auror+clipping; none without one.",
+            },
+            "blacklisted": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": (
+                    "Node ids (hex, sorted) of the peers this node ignores in mixing and "
+                    "membership: its gossiped blacklist plus its detector's own verdicts."
+                ),
+            },
+            "blacklisted_count": {"type": "integer"},
+            "updates_rejected": {
+                "type": "integer",
+                "description": "Received model updates the defence dropped.",
+            },
+            "rejected_by_reason": {
+                "type": "object",
+                "additionalProperties": {"type": "integer"},
+                "description": "Those drops by reason: blacklisted, auror_flagged, robust, ...",
+            },
+            "blacklist": {
+                "type": "object",
+                "nullable": True,
+                "description": (
+                    "The gossiped blacklist's state (entries with why and how many "
+                    "accusers, the quorum, counters); null when the node runs none."
+                ),
+            },
+        },
+    },
     "Status": {
         "type": "object",
-        "required": ["ok", "id", "members", "traffic", "updates", "learning"],
+        "required": ["ok", "id", "members", "traffic", "updates", "learning", "trust"],
         "properties": {
             "ok": {"type": "boolean", "enum": [True]},
             "id": {"type": "string", "description": "Node id (hex)."},
@@ -196,6 +236,7 @@ _SCHEMAS: Final[dict[str, Any]] = {
                 },
             },
             "learning": _ref("Learning"),
+            "trust": _ref("Trust"),
         },
     },
     "Members": {
@@ -253,7 +294,10 @@ _PATHS: Final[dict[str, Any]] = {
     },
     "/v1/status": {
         "get": {
-            "summary": "Node id, membership, traffic, update counters and learning state.",
+            "summary": (
+                "Node id, membership, traffic, update counters, learning state, "
+                "defence and blacklist."
+            ),
             "responses": {"200": _json_ok("Status.", "Status"), **_AUTH_ERRORS},
         }
     },
