@@ -7,6 +7,7 @@ mocks the crypto."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import random
 from collections.abc import Sequence
@@ -310,6 +311,18 @@ def test_quorum_strictly_exceeds_the_malicious_fraction() -> None:
     for n in range(1, 2000):
         q = quorum_size(n, 0.3, 1)
         assert q > 0.3 * n - 1e-9 and 10 * (q - 1) <= 3 * n  # the smallest such integer
+
+
+def test_the_quorum_does_not_shrink_with_the_live_count() -> None:
+    # Blacklisting one attacker of 10 (or SWIM lies declaring it dead) drops the
+    # live estimate to 9; the quorum must stay at 4, or 3 colluders would suffice.
+    sizes = itertools.chain([10], itertools.repeat(9))
+    h = harness()
+    h.core._n_estimate = lambda: next(sizes)
+    assert h.core.quorum() == 4
+    for colluder in IDS[1:4]:
+        assert h.core.on_item(delivered(accuse(colluder), colluder)) == []
+    assert not h.core.is_blacklisted(ACCUSED.node_id) and h.core.quorum() == 4
 
 
 def test_thirty_percent_of_colluders_cannot_banish_an_honest_node() -> None:

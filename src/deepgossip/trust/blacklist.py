@@ -19,7 +19,13 @@ retraction (a later record with ``withdraw=True``).
 
 * a *quorum* of distinct accusers agrees: more than ``max_malicious_fraction``
   of the network (``floor(f * n) + 1``, at least ``min_quorum``), so colluders
-  who are at most that fraction can never banish an honest node on their own;
+  who are at most that fraction can never banish an honest node on their own.
+  ``n`` is the largest network size ever estimated here, not the current one:
+  every peer blacklisted (or declared dead by lying SWIM messages) drops out
+  of the live count, and a quorum that shrank with it would let 3 colluders
+  among 10 banish an honest node once one attacker is out. A network that
+  really shrinks keeps the larger quorum; adoption then rests on own evidence,
+  which fails safe;
 * or it already has an accusation in hand and *its own evidence agrees*: the
   caller's ``own_suspicion(peer, evidence)`` reaches ``own_evidence_threshold``.
 
@@ -448,6 +454,7 @@ class BlacklistCore:
         self._polls: dict[int, _Poll] = {}
         self._poll_heap: list[tuple[float, int]] = []  # lazy-deletion heap
         self._next_review = math.inf
+        self._peak_n = 0  # high-water mark of n_estimate (see "Adopting")
 
     # -- queries --------------------------------------------------------------------
 
@@ -477,9 +484,10 @@ class BlacklistCore:
         return tuple(sorted(self._held.get(peer_id, ())))
 
     def quorum(self) -> int:
-        """Distinct accusers needed now (from ``n_estimate``)."""
+        """Distinct accusers needed now: from the largest ``n_estimate`` seen so far."""
         cfg = self.config
-        return quorum_size(self._n_estimate(), cfg.max_malicious_fraction, cfg.min_quorum)
+        self._peak_n = max(self._peak_n, self._n_estimate())
+        return quorum_size(self._peak_n, cfg.max_malicious_fraction, cfg.min_quorum)
 
     def is_borderline(self, suspicion: float) -> bool:
         """Whether an update this suspicious deserves a poll before discarding."""
