@@ -367,6 +367,17 @@ def test_own_agreeing_evidence_adopts_a_single_accusation() -> None:
     assert h.core.tick(now) == [PeerUnblacklisted(ACCUSED.node_id, "review")]
 
 
+def test_reconsider_adopts_a_held_accusation_once_own_evidence_agrees() -> None:
+    h = harness(n=10)
+    h.suspicion[ACCUSED.node_id] = 0.2
+    assert h.core.on_item(delivered(accuse(IDS[1]), IDS[1])) == []
+    assert h.core.reconsider(T0 + 1.0) == []  # nothing changed: still held
+    h.suspicion[ACCUSED.node_id] = 0.45  # the next evaluation leans the same way
+    [event] = h.core.reconsider(T0 + 2.0)
+    assert event == PeerBlacklisted(ACCUSED.node_id, "own_evidence", (IDS[1].node_id,))
+    assert h.core.reconsider(T0 + 3.0) == []  # listed peers are not re-judged here
+
+
 def test_retraction_and_expiry_lift_an_adopted_entry() -> None:
     h = harness(n=4)  # quorum 2
     h.core.on_item(delivered(accuse(IDS[1], seq=1), IDS[1]))

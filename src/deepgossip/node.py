@@ -252,6 +252,11 @@ class Node:
         now = self.host.runtime.now()
         self.host.execute(self.blacklist.local_verdict(peer_id, suspicion, evidence, now, reason))
 
+    def reconsider_accusations(self) -> None:
+        """The local detector's evidence changed: adopt held accusations it now backs."""
+        if self.blacklist is not None:
+            self.host.execute(self.blacklist.reconsider(self.host.runtime.now()))
+
     def _own_suspicion(self, peer_id: bytes, evidence: Sequence[Evidence]) -> float | None:
         return self.own_suspicion(peer_id, evidence) if self.own_suspicion is not None else None
 

@@ -260,6 +260,7 @@ def _defense(node: Node, service: LearnerService, trust: TrustSettings) -> Defen
         initial=learner.initial_parameters(),
         is_blacklisted=node.is_blacklisted,
         on_verdict=lambda c: loop.call_soon_threadsafe(convicted, c),
+        on_evidence=lambda: loop.call_soon_threadsafe(node.reconsider_accusations),
     )
     # ``defense.progress`` stays 0: a node has no planned number of rounds, so
     # BALANCE's acceptance radius does not shrink over training here.

@@ -567,6 +567,7 @@ def _make_defense(
         initial=initial,
         is_blacklisted=node.is_blacklisted,
         on_verdict=on_verdict,
+        on_evidence=node.reconsider_accusations if node.blacklist is not None else None,
         poller=_Poller(node) if node.blacklist is not None else None,
     )
     node.own_suspicion = defense.own_suspicion

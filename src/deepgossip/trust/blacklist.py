@@ -28,6 +28,11 @@ retraction (a later record with ``withdraw=True``).
   which fails safe;
 * or it already has an accusation in hand and *its own evidence agrees*: the
   caller's ``own_suspicion(peer, evidence)`` reaches ``own_evidence_threshold``.
+  The question is asked when an accusation arrives and again whenever the
+  caller says its evidence changed (:meth:`BlacklistCore.reconsider`, after
+  each detector evaluation): an accusation that arrived a round before the
+  node's own detector leaned the same way is adopted a round later, not only
+  when the node convicts on its own.
 
 An accuser counts once per accused however many records it sends (the latest
 one stands), only while its record is younger than ``accusation_max_age``, and
@@ -540,6 +545,13 @@ class BlacklistCore:
         out = self._settle([peer_id], now, "local")
         out.extend(self._spread(body, now))
         return out
+
+    def reconsider(self, now: float) -> list[Effect]:
+        """Re-judge the accused peers held but not blacklisted: our own evidence
+        may have grown since their accusations arrived. Call it after each
+        evaluation of the local detector; cheap when nothing is pending."""
+        pending = [peer for peer in self._held if peer not in self._listed]
+        return self._settle(pending, now, "review") if pending else []
 
     def forgive(self, peer_id: bytes, now: float) -> list[Effect]:
         """Withdraw our verdict on ``peer_id`` (a signed retraction is published).

@@ -293,6 +293,9 @@ class Defense:
         is_blacklisted: the node's blacklist predicate (gossiped verdicts);
             default: only the local detector's.
         on_verdict: called with each :class:`Conviction` (publish an accusation).
+        on_evidence: called after each AUROR evaluation that judged a fresh
+            update (the blacklist re-checks the accusations it holds against
+            the new suspicion scores: :meth:`.blacklist.BlacklistCore.reconsider`).
         poller: the neighbour poll (with ``config.polling``).
         groups: sizes of the consecutive parameter tensors that make up the
             flat vector (``[p.numel() for p in model.parameters()]``); with
@@ -309,6 +312,7 @@ class Defense:
         initial: torch.Tensor | None = None,
         is_blacklisted: Callable[[bytes], bool] | None = None,
         on_verdict: Callable[[Conviction], None] | None = None,
+        on_evidence: Callable[[], None] | None = None,
         poller: Poller | None = None,
         groups: Sequence[int] | None = None,
     ) -> None:
@@ -328,6 +332,7 @@ class Defense:
         ``evaluations``, ``verdicts``, ``polls``, ``fallback_*``, ``clipped``."""
         self._is_blacklisted = is_blacklisted
         self._on_verdict = on_verdict
+        self._on_evidence = on_evidence
         self._poller = poller
         self.detectors: list[AurorDetector] = []
         """One per judged parameter group (one in all without ``groups``)."""
@@ -550,9 +555,11 @@ class Defense:
                 det.observe(u.origin, features[part])
         flagged: dict[bytes, float] = {}  # peer -> its highest flagged fraction
         candidates: set[bytes] = set()
+        judged = False
         for det in self.detectors:
             verdict = det.evaluate()
             self.stats["evaluations"] += int(verdict.evaluated)
+            judged |= bool(verdict.judged)
             for peer in verdict.flagged:
                 flagged[peer] = max(flagged.get(peer, 0.0), verdict.fractions[peer])
             candidates |= verdict.blacklisted
@@ -580,6 +587,8 @@ class Defense:
             if self._on_verdict is not None:
                 evidence = tuple(reversed(self._evidence.get(peer, ())))
                 self._on_verdict(Conviction(peer, self.suspicion(peer) or 0.0, evidence))
+        if judged and self._on_evidence is not None:
+            self._on_evidence()
         kept: list[SparseUpdate] = []
         for u in batch:
             if u.origin in newly:
