@@ -107,3 +107,19 @@ def test_bench_poisoning_cli_writes_the_json(tmp_path: Path) -> None:
     )
     bad = CliRunner().invoke(main, [*args[:-4], "--defense", "median+krum"])
     assert bad.exit_code != 0 and "one robust rule" in bad.output
+
+
+def test_a_diverging_attacker_loses_its_pushes_and_the_run_goes_on() -> None:
+    settings = PoisoningSettings(
+        nodes=4,
+        rounds=2,
+        eval_every=1,
+        malicious=0.25,
+        attack=AttackConfig(name="scale", scale=1e39),  # float32 overflow: inf
+        defense=DefenseConfig(),
+        references=(),
+        **SMALL,  # type: ignore[arg-type]
+    )
+    result = run_poisoning_sim(settings)
+    assert result["attacker_nonfinite_pushes"] == 2
+    assert all(0.0 <= acc <= 1.0 for acc in result["honest_accuracy_per_node"])

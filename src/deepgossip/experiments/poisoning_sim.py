@@ -310,6 +310,7 @@ class _Peer:
     rejected: int = 0
     merged: int = 0
     screened_out: int = 0
+    nonfinite_pushes: int = 0
     round: int = 0
 
 
@@ -472,11 +473,17 @@ def _simulate(
                     else []
                 )
                 params = peer.attack.poison_update(params, reference, visible)
-            update = peer.sharer.make_update(
-                params, origin=peer.node.node_id, round=peer.round, samples=len(peer.y)
-            )
-            update = peer.rule.make_outgoing(update)
-            peer.node.host.execute(peer.exchange.push(update, peer.rule.config.fanout))
+            if torch.isfinite(params).all():
+                update = peer.sharer.make_update(
+                    params, origin=peer.node.node_id, round=peer.round, samples=len(peer.y)
+                )
+                update = peer.rule.make_outgoing(update)
+                peer.node.host.execute(peer.exchange.push(update, peer.rule.config.fanout))
+            else:
+                # An attack diverged (e.g. a huge boost). The wire refuses to encode
+                # NaN/Inf and every receiver would reject it anyway; the attacker
+                # just loses this push, and the run goes on.
+                peer.nonfinite_pushes += 1
         if peer.rule.pending or (peer.defense is not None and peer.defense.held_weight > 0):
             w = flatten(peer.model)
             report = peer.rule.merge(w, now)
@@ -528,6 +535,7 @@ def _simulate(
         "updates_screened_out_per_honest_node": float(np.mean([p.screened_out for p in honest])),
         "updates_merged_per_honest_node": float(np.mean([p.merged for p in honest])),
         "updates_rejected": int(sum(p.rejected + sum(p.exchange.rejected.values()) for p in peers)),
+        "attacker_nonfinite_pushes": int(sum(p.nonfinite_pushes for p in peers)),
         "defense_stats": _sum_stats(honest),
         "virtual_seconds": net.now() - start,
         "curve": curve,
