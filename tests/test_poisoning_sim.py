@@ -123,3 +123,16 @@ def test_a_diverging_attacker_loses_its_pushes_and_the_run_goes_on() -> None:
     result = run_poisoning_sim(settings)
     assert result["attacker_nonfinite_pushes"] == 2
     assert all(0.0 <= acc <= 1.0 for acc in result["honest_accuracy_per_node"])
+
+
+def test_bench_poisoning_cli_passes_attack_options(tmp_path: Path) -> None:
+    out = tmp_path / "poisoning.json"
+    args = ["bench", "poisoning", "--nodes", "4", "--dataset", "digits", "--rounds", "1"]
+    args += ["--steps-per-round", "1", "--attack", "noise", "--defense", "none"]
+    args += ["--attack-option", "noise_std=0.5", "--attack-option", "noise_mode=replace"]
+    result = CliRunner().invoke(main, [*args, "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    attack = json.loads(out.read_text())["settings"]["attack"]
+    assert (attack["noise_std"], attack["noise_mode"]) == (0.5, "replace")
+    bad = CliRunner().invoke(main, [*args, "--attack-option", "noise_std"])
+    assert bad.exit_code != 0 and "KEY=VALUE" in bad.output

@@ -230,6 +230,13 @@ def bench_learning(**options: Any) -> None:
 @click.option(
     "--source-class", type=click.IntRange(min=0), default=None, help="label_flip: only this class."
 )
+@click.option(
+    "--attack-option",
+    "attack_options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Any other AttackConfig field, e.g. adversarial_steps=3 (repeatable).",
+)
 @click.option("--polling", is_flag=True, help="Poll neighbours before dropping borderline updates.")
 @click.option("--no-blacklist", is_flag=True, help="Keep verdicts local (no accusation gossip).")
 @click.option(

@@ -30,7 +30,6 @@ import random
 import signal
 import sys
 import time
-import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,14 +100,6 @@ class NodeOptions:
     """Behave maliciously (experiments only; see :func:`attack_config`)."""
 
 
-def _option_value(text: str) -> Any:
-    """A TOML value (``3``, ``0.5``, ``true``, ``[1, 0]``), else the text itself."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
 def attack_config(name: str, options: Sequence[str] = ()) -> AttackConfig:
     """The :class:`AttackConfig` of ``--attack NAME --attack-option KEY=VALUE ...``.
 
@@ -116,7 +107,7 @@ def attack_config(name: str, options: Sequence[str] = ()) -> AttackConfig:
     or as strings (``noise_mode=replace``). Raises ``ValueError`` for an attack a
     process cannot run (the message lists those it can) or a bad option.
     """
-    from deepgossip.attacks.behaviour import ATTACK_NAMES, AttackConfig
+    from deepgossip.attacks.behaviour import ATTACK_NAMES, AttackConfig, parse_options
 
     if name not in PROCESS_ATTACKS:
         known = "" if name in ATTACK_NAMES else " (unknown attack)"
@@ -124,15 +115,7 @@ def attack_config(name: str, options: Sequence[str] = ()) -> AttackConfig:
             f"attack {name!r} cannot run in a node process{known}; "
             f"supported: {', '.join(PROCESS_ATTACKS)}"
         )
-    values: dict[str, Any] = {"name": name}
-    for option in options:
-        key, sep, text = option.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ValueError(f"attack option {option!r} is not KEY=VALUE")
-        if key == "name":
-            raise ValueError("the attack's name is --attack, not an option")
-        values[key] = _option_value(text.strip())
+    values: dict[str, Any] = {"name": name, **parse_options(options)}
     try:
         return AttackConfig.from_section(values)
     except TypeError as exc:  # a value of the wrong kind reached a comparison

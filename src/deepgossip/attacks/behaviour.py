@@ -57,6 +57,7 @@ no-ops): the trust and membership layers read :attr:`Attack.slanders`,
 from __future__ import annotations
 
 import math
+import tomllib
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Final, Literal, TypeVar, get_args
@@ -256,6 +257,28 @@ class AttackConfig:
         if values.get("permutation") is not None:
             values["permutation"] = tuple(values["permutation"])  # TOML gives a list
         return cls(**values)
+
+
+def parse_options(options: Sequence[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` command-line options as a table for :meth:`AttackConfig.from_section`.
+
+    Values are read as TOML values (``noise_std=1.0``, ``permutation=[1, 0]``),
+    or as strings (``noise_mode=replace``). Raises ``ValueError`` on a malformed
+    option or ``name`` (the attack's name has its own flag).
+    """
+    values: dict[str, Any] = {}
+    for option in options:
+        key, sep, text = option.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"attack option {option!r} is not KEY=VALUE")
+        if key == "name":
+            raise ValueError("the attack's name is --attack, not an option")
+        try:
+            values[key] = tomllib.loads(f"v = {text.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            values[key] = text.strip()
+    return values
 
 
 def _int(name: str, value: object, *, low: int) -> None:

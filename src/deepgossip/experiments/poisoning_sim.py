@@ -47,7 +47,7 @@ import math
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from dataclasses import fields as dataclass_fields
 from typing import Any
@@ -55,7 +55,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from deepgossip.attacks.behaviour import Attack, AttackConfig, make_attack
+from deepgossip.attacks.behaviour import Attack, AttackConfig, make_attack, parse_options
 from deepgossip.attacks.targeted import attack_success
 from deepgossip.experiments.learning_sim import (
     CURVE_SUBSET,
@@ -755,6 +755,7 @@ def run_poisoning_cli(
     boost: float,
     target_class: int,
     source_class: int | None,
+    attack_options: Sequence[str],
     polling: bool,
     no_blacklist: bool,
     **options: Any,
@@ -775,14 +776,17 @@ def run_poisoning_cli(
         )
     settings = PoisoningSettings(
         mixing=mixing,
-        attack=AttackConfig(
-            name=attack,
-            boost=boost,
-            target_class=target_class,
-            source_class=source_class,
-            num_nodes=nodes,
-            num_malicious=max(1, round(options["malicious"] * nodes)),
-            seed=options["seed"],
+        attack=AttackConfig.from_section(
+            {
+                "name": attack,
+                "boost": boost,
+                "target_class": target_class,
+                "source_class": source_class,
+                "num_nodes": nodes,
+                "num_malicious": max(1, round(options["malicious"] * nodes)),
+                "seed": options["seed"],
+                **parse_options(attack_options),
+            }
         ),
         defense=DefenseConfig.from_name(defense, polling=polling, blacklist=not no_blacklist),
         **options,
