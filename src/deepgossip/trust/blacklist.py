@@ -81,9 +81,10 @@ sender), and only the neighbours asked, once each, are counted.
     # Scores here are in [0, 1], and ``suspicion_threshold`` (0.5) is where the local
     # detector convicts. AUROR's decayed score lives in [0, 1 / (1 - decay)] = [0, 4]
     # and convicts at ``blacklist_threshold`` (2.0): map that threshold to 0.5. A
-    # peer it never judged has no opinion (None), not 0.
+    # peer it never judged has no opinion (None), not 0. Defense.own_suspicion
+    # (trust/defense.py) is this function over all of a node's detectors.
     def own_suspicion(peer_id, evidence):
-        if not auror.has_judged(peer_id):  # AurorDetector has no such query yet
+        if not auror.has_judged(peer_id):
             return None
         return min(1.0, auror.suspicion(peer_id) / (2 * auror_config.blacklist_threshold))
 
