@@ -4,6 +4,7 @@ simulated network with whole nodes."""
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -95,3 +96,14 @@ def test_collaboration_over_the_simulated_network_beats_training_alone() -> None
     assert 0.0 <= result["accuracy_min"] <= result["accuracy_mean"] <= 1.0
     again = run_learning_sim(settings)
     assert again["accuracy_mean"] == result["accuracy_mean"]  # same seed, same run
+
+
+def test_standalone_sample_trains_the_first_nodes_only() -> None:
+    full = LearningSimSettings(
+        nodes=3, dataset="digits", model="logreg", rounds=2, steps_per_round=2, threads=1
+    )
+    result = run_learning_sim(replace(full, standalone_sample=2))
+    assert result["standalone_nodes"] == 2 and len(result["standalone_per_node"]) == 2
+    assert result["standalone_per_node"] == run_learning_sim(full)["standalone_per_node"][:2]
+    with pytest.raises(ValueError, match="standalone_sample"):
+        replace(full, standalone_sample=4)

@@ -159,6 +159,19 @@ def bench_swim(**options: object) -> None:
 @click.option("--theta-u", type=click.FloatRange(0.0, 1.0, min_open=True), default=1.0)
 @click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam", show_default=True)
 @click.option(
+    "--lr-schedule",
+    type=click.Choice(["constant", "cosine"]),
+    default="constant",
+    show_default=True,
+    help="sim: cosine anneals every node and reference to 0 over the run.",
+)
+@click.option(
+    "--standalone-sample",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Train the standalone reference for this many nodes only (default: sim all, processes 3).",
+)
+@click.option(
     "--target",
     type=click.FloatRange(0.0, 1.0),
     default=0.98,
