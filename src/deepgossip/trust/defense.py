@@ -45,13 +45,24 @@ until the peer has published every coordinate of ``C`` once).
 Everything here is synchronous and deterministic; callbacks run inside
 :meth:`Defense.screen` (the mixing rule's merge). A node that merges in a worker
 thread must make ``on_verdict`` and the poller thread-safe (queue the effects to
-its event loop); the simulator merges on the event loop itself.
+its event loop: :class:`~deepgossip.trust.polling.LoopPoller`); the simulator
+merges on the event loop itself.
+
+Threads: one thread screens (or the caller serialises ``screen``, as the
+node's :class:`~deepgossip.learn.collaboration.Collaboration` does with its
+lock). The one exception is the poll bookkeeping: in a node process
+:meth:`Defense.poll_decided` arrives on the event loop while the learner's
+thread may be inside :meth:`Defense.screen`. A small lock of the defence's own
+guards the held and decided updates, so the event loop never waits for a whole
+merge (the collaboration's lock is held across AUROR's evaluation) and the
+learner never waits for the event loop.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import threading
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -251,8 +262,10 @@ class Poller(Protocol):
     def poll(self, peer_id: bytes) -> int | None:
         """Start a poll about ``peer_id``; its id, or None if no poll can be held.
 
-        The decision comes back through :meth:`Defense.poll_decided`, possibly
-        before this returns (no neighbour to ask): the defence handles both orders.
+        Must not block: it is called inside :meth:`Defense.screen`, i.e. inside
+        the node's merge. The decision comes back through
+        :meth:`Defense.poll_decided`, possibly before this returns (no neighbour
+        to ask) and possibly from another thread: the defence handles both.
         """
         ...
 
@@ -350,6 +363,10 @@ class Defense:
         self._frozen: dict[bytes, float] = {}  # suspicion of peers blacklisted elsewhere
         self._convicted: set[bytes] = set()  # our verdicts (enough detectors agreed)
         self._evidence: dict[bytes, list[Evidence]] = {}
+        # Poll bookkeeping, the only state touched from two threads in a node
+        # process (module docstring, "Threads"); every access holds the lock,
+        # and nothing is called while it is held.
+        self._poll_lock = threading.Lock()
         self._held: dict[int, SparseUpdate] = {}
         self._early: dict[int, bool] = {}  # poll decisions that beat their registration
         self._decided: list[tuple[SparseUpdate, bool]] = []
@@ -437,23 +454,40 @@ class Defense:
     @property
     def held(self) -> int:
         """Updates waiting for a neighbour poll."""
-        return len(self._held)
+        with self._poll_lock:
+            return len(self._held)
+
+    @property
+    def decided(self) -> int:
+        """Held updates whose poll has ended, waiting for the next :meth:`screen`
+        (which returns or drops them). A node that merges only when updates are
+        pending must also merge when this is positive, or a decided update would
+        wait for the next unrelated arrival."""
+        with self._poll_lock:
+            return len(self._decided)
 
     @property
     def held_weight(self) -> float:
         """Mixing weight (GoSGD alpha) carried by updates held for polls or
         decided but not yet returned by :meth:`screen`."""
-        return sum(u.weight for u in self._held.values()) + sum(u.weight for u, _ in self._decided)
+        with self._poll_lock:
+            held = sum(u.weight for u in self._held.values())
+            return held + sum(u.weight for u, _ in self._decided)
 
     # -- polls ------------------------------------------------------------------------
 
     def poll_decided(self, poll_id: int, discard: bool) -> None:
-        """The neighbours' answer to a poll; the held update returns at the next screen."""
-        update = self._held.pop(poll_id, None)
-        if update is None:
-            self._early[poll_id] = discard
-            return
-        self._decided.append((update, discard))
+        """The neighbours' answer to a poll; the held update returns at the next screen.
+
+        Thread-safe (it only takes the poll lock, never waits for a merge): a
+        node process calls it on its event loop while its learner screens.
+        """
+        with self._poll_lock:
+            update = self._held.pop(poll_id, None)
+            if update is None:
+                self._early[poll_id] = discard
+                return
+            self._decided.append((update, discard))
 
     # -- screening --------------------------------------------------------------------
 
@@ -469,7 +503,8 @@ class Defense:
         """
         del now
         out = Screened()
-        decided, self._decided = self._decided, []
+        with self._poll_lock:
+            decided, self._decided = self._decided, []
         for u, discard in decided:
             if discard:
                 out.rejected.append((u, "poll_discard"))
@@ -609,15 +644,20 @@ class Defense:
             return False
         if not poller.is_borderline(self.suspicion(update.origin) or 0.0):
             return False
+        # Not under the poll lock: a poller that decides synchronously (the
+        # simulator's, with no neighbour to ask) calls poll_decided from here.
         poll_id = poller.poll(update.origin)
         if poll_id is None:
             return False
         self.stats["polls"] += 1
-        early = self._early.pop(poll_id, None)
-        if early is not None:
-            self._decided.append((update, early))
-        else:
-            self._held[poll_id] = update
+        # The decision may have come (from this thread or the event loop) before
+        # we register the update; both orders meet under the lock.
+        with self._poll_lock:
+            early = self._early.pop(poll_id, None)
+            if early is not None:
+                self._decided.append((update, early))
+            else:
+                self._held[poll_id] = update
         return True
 
     # -- robust rules -----------------------------------------------------------------
