@@ -3,6 +3,10 @@ in their session and one started with ``--attack sign_flip``. Every honest node
 ends up with the attacker in its ``/v1/status`` blacklist (and out of its
 membership), blacklists no honest node, and still serves good predictions.
 
+Run twice: without and with neighbour polling (``[defense] polling``), which in
+a process crosses from the learner's thread to the event loop and back
+(deepgossip.trust.polling).
+
 Kept small for a loaded 2-core machine: digits, the logreg model, rounds every
 0.5 s. The attacker is fed its data only once the honest nodes have exchanged
 models, so the run does not hinge on who a new node adopts its first model from
@@ -60,14 +64,16 @@ def _wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+@pytest.mark.parametrize("polling", [False, True], ids=["no_polling", "polling"])
 def test_honest_processes_blacklist_a_sign_flipping_attacker_and_keep_serving(
-    tmp_path: Path,
+    tmp_path: Path, polling: bool
 ) -> None:
     digits = load_dataset("digits")
     x, y = digits.train_images, digits.train_labels
     parts = np.array_split(np.random.default_rng(0).permutation(len(y)), HONEST + 1)
+    sections = {**SESSION, "defense": {**SESSION["defense"], "polling": polling}}
     with LocalNetwork(
-        nodes=HONEST, logs=tmp_path / "logs", session_id="poisoning", session_sections=SESSION
+        nodes=HONEST, logs=tmp_path / "logs", session_id="poisoning", session_sections=sections
     ) as net:
         attacker_dir = net.root / "attacker"
         proc = spawn(
@@ -132,6 +138,16 @@ def test_honest_processes_blacklist_a_sign_flipping_attacker_and_keep_serving(
             accuracy = float(np.mean(predicted == digits.test_labels))
             assert accuracy > 0.7, accuracy
         assert attacker.status()["trust"]["defense"] == "none"  # attackers run none
+        if polling:
+            # The attacker's second flag puts its suspicion in the borderline band
+            # (a score of 1.75, conviction at 2.0, reads 0.44): a node polled its
+            # honest neighbours across processes and the poll ended (they usually
+            # vote keep, not yet convinced themselves; clipping bounds that update).
+            events = [c.status()["trust"]["blacklist"]["events"] for c in honest]
+            assert sum(e.get("polls", 0) for e in events) >= 1, events
+            assert sum(e.get("polls_answered", 0) for e in events) >= 1, events
+            decided = sum(e.get("polls_keep", 0) + e.get("polls_discard", 0) for e in events)
+            assert decided >= 1, events
     assert "THIS NODE IS MALICIOUS" in (tmp_path / "logs" / "attacker.log").read_text()
     for log in (tmp_path / "logs").glob("node*.log"):
         assert "Traceback" not in log.read_text(), log

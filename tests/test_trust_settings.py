@@ -53,6 +53,19 @@ def test_a_defense_with_its_options_and_the_blacklist() -> None:
     assert local.defense is not None and local.blacklist is None
 
 
+def test_polling_is_accepted_with_the_blacklist() -> None:
+    """Node processes poll (through trust.polling.LoopPoller) like the simulator."""
+    parsed = settings(
+        learning={"rule": "gosgd"},
+        defense={"name": "auror+clipping", "polling": True},
+        blacklist={"borderline_margin": 0.15, "poll_size": 3, "poll_timeout": 2.0},
+    )
+    assert parsed.defense is not None and parsed.defense.polling
+    assert parsed.blacklist is not None
+    assert (parsed.blacklist.poll_size, parsed.blacklist.poll_timeout) == (3, 2.0)
+    assert parsed.blacklist.borderline_margin == 0.15
+
+
 @pytest.mark.parametrize(
     ("sections", "message"),
     [
@@ -77,7 +90,10 @@ def test_a_defense_with_its_options_and_the_blacklist() -> None:
         ({"learning": {}, "defense": {"name": "auror", "auror_agree": 0}}, "auror_agree"),
         ({"learning": {}, "defense": {"name": "auror", "auror": 1}}, "must be a table"),
         ({"defense": {"name": "auror"}}, r"needs \[learning\]"),
-        ({"learning": {}, "defense": {"name": "auror", "polling": True}}, "polling"),
+        (
+            {"learning": {}, "defense": {"name": "auror", "polling": True, "blacklist": False}},
+            "polling needs the gossiped blacklist",
+        ),
         ({"learning": {}, "defense": {"name": "median"}}, "gosgd mixing rule"),
         ({"learning": {}, "blacklist": {}}, r"\[blacklist\] needs a \[defense\]"),
         ({"learning": {}, "defense": {}, "blacklist": {}}, "name is 'none'"),
@@ -167,3 +183,62 @@ def test_a_collaboration_drops_a_blacklisted_peers_updates_and_reports_it(
     assert summary.name == "clipping" and summary.rejected == 2
     assert summary.rejected_by_reason == {"blacklisted": 2}
     assert float(flatten(learner.model).abs().max()) < 50  # the 100s never got in
+
+
+class _HeldPoller:
+    """Polls that stay open until the test decides them (as a real poll does for
+    up to ``poll_timeout``)."""
+
+    def __init__(self) -> None:
+        self.asked: list[bytes] = []
+
+    def is_borderline(self, suspicion: float) -> bool:
+        return True
+
+    def poll(self, peer_id: bytes) -> int | None:
+        self.asked.append(peer_id)
+        return len(self.asked)
+
+
+def test_a_collaboration_merges_a_polled_update_once_decided_with_nothing_new(
+    tmp_path: Path,
+) -> None:
+    """A decided poll's update returns at the next round's merge even when no
+    update arrived meanwhile: a round merges when the defence has one waiting."""
+    torch.set_num_threads(1)
+    data = load_dataset("digits")
+    store = DataStore(tmp_path / "a.dglog", sample_shape=(8, 8), num_classes=10)
+    store.append(data.train_images[:200], data.train_labels[:200])
+    config = LearningConfig(model="logreg", input_shape=(1, 8, 8), steps_per_round=2)
+    learner = Learner(config, store)
+    size = int(flatten(learner.model).numel())
+    poller = _HeldPoller()
+    parsed = settings(learning={}, defense={"name": "auror", "polling": True})
+    assert parsed.defense is not None
+    defense = Defense(parsed.defense, size=size, seed=1, poller=poller)
+    collab = Collaboration(
+        learner,
+        CollaborationConfig.from_section({"rule": "average", "push_period": 1}),
+        b"a" * 16,
+        catch_up_timeout=0.0,
+        defense=defense,
+    )
+    collab.after_round(0, 0.0)  # no peers' models to adopt: joins at once
+    assert not collab.catching_up
+    rng = np.random.default_rng(0)
+    shifted = b"\x01" * 16
+    # Eight peers around the current model, one shifted on every coordinate.
+    base = flatten(learner.model).numpy()
+    for i in range(8):
+        origin = shifted if i == 0 else bytes([i + 1]) * 16
+        values = (base + rng.normal(0, 0.01, size) + (0.5 if i == 0 else 0.0)).astype(np.float32)
+        assert collab.offer(SparseUpdate(values, size, origin=origin, round=1), 0.0)
+    collab.after_round(0, 1.0)
+    assert poller.asked == [shifted] and defense.held == 1 and collab.merged == 7
+    merges = learner.merges
+    collab.after_round(0, 2.0)  # undecided: nothing to merge
+    assert learner.merges == merges and defense.held == 1
+    defense.poll_decided(1, discard=False)  # the neighbours say keep
+    collab.after_round(0, 3.0)  # nothing pending, but the decided update returns
+    assert learner.merges == merges + 1 and collab.merged == 8
+    assert defense.held == 0 and defense.decided == 0

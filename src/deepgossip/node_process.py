@@ -63,6 +63,7 @@ if TYPE_CHECKING:
     from deepgossip.learn.collaboration import Collaboration
     from deepgossip.learn.service import LearnerService
     from deepgossip.trust.defense import Conviction, Defense
+    from deepgossip.trust.polling import LoopPoller
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +210,10 @@ def _defense(node: Node, service: LearnerService, trust: TrustSettings) -> Defen
     The defence runs in the learner's thread (merges happen there), so its
     verdicts hop to the event loop before they touch the node; reads from the
     event loop (the blacklist asking the detector's opinion) are single
-    dictionary lookups.
+    dictionary lookups. Polls (``polling = true``) hop the same way
+    (:class:`~deepgossip.trust.polling.LoopPoller`): the learner holds the
+    update and goes on; the decision comes back on the loop, and the held
+    update returns at the next merge.
     """
     if trust.defense is None:
         return None
@@ -230,6 +234,13 @@ def _defense(node: Node, service: LearnerService, trust: TrustSettings) -> Defen
         if node.blacklist is not None:
             node.accuse(conviction.peer_id, conviction.suspicion, conviction.evidence)
 
+    poller: LoopPoller | None = None
+    if trust.defense.polling and node.blacklist is not None:
+        from deepgossip.trust.polling import LoopPoller
+
+        poller = LoopPoller(loop, node.blacklist, node.host.execute, node.host.runtime.now)
+        node.host.subscribe(poller.on_event)
+
     learner = service.learner
     with learner.locked() as model:
         groups = [p.numel() for p in model.parameters()]
@@ -244,7 +255,10 @@ def _defense(node: Node, service: LearnerService, trust: TrustSettings) -> Defen
         is_blacklisted=node.is_blacklisted,
         on_verdict=lambda c: loop.call_soon_threadsafe(convicted, c),
         on_evidence=lambda: loop.call_soon_threadsafe(node.reconsider_accusations),
+        poller=poller,
     )
+    if poller is not None:
+        poller.on_decided = defense.poll_decided  # before any screen can poll
     # ``defense.progress`` stays 0: a node has no planned number of rounds, so
     # BALANCE's acceptance radius does not shrink over training here.
     node.own_suspicion = defense.own_suspicion

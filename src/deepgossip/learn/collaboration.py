@@ -16,7 +16,11 @@ learner's ``mixing_state``, which every checkpoint saves.
 With a ``defense`` (:class:`~deepgossip.trust.defense.Defense`, from the
 session's ``[defense]`` table) the mixing rule screens every merge through it;
 the defence then runs in the worker thread, under this class's lock, and what
-it drops is counted in :attr:`Collaboration.screened_out`.
+it drops is counted in :attr:`Collaboration.screened_out`. With polling, the
+defence may hold a flagged update until neighbours answer (the decision arrives
+on the event loop, :class:`~deepgossip.trust.polling.LoopPoller`); a round then
+merges when a decided update is waiting even if nothing new arrived, so the
+held update is not left until some peer's next push.
 
 A ``publish_transform`` (experiments only: a node started with ``--attack``)
 replaces the parameters this node publishes by what the transform makes of
@@ -253,7 +257,7 @@ class Collaboration:
                 self._catch_up(connected, now)
             elif connected and steps and (self.rule.should_push(self._rng) or reconnected):
                 update = self._build_update()
-            if self.rule.pending and not self.catching_up:
+            if (self.rule.pending or self._poll_returns()) and not self.catching_up:
 
                 def merge(model: Any) -> int:
                     w = flatten(model)
@@ -269,6 +273,11 @@ class Collaboration:
                 with self.learner.locked() as model:
                     self._reference = flatten(model)
             return update
+
+    def _poll_returns(self) -> bool:
+        """Whether the defence has updates whose poll ended: the next screen
+        returns them, so merge even if nothing else is pending."""
+        return self.defense is not None and self.defense.decided > 0
 
     def defense_summary(self) -> DefenseSummary:
         """What the defence did so far (for ``/v1/status``), read under the lock:

@@ -7,7 +7,8 @@ model, and a :class:`~deepgossip.trust.blacklist.BlacklistCore` into its node::
     [defense]
     name = "auror+clipping"   # none (default) | auror | median | trimmed_mean | krum |
                               # multi_krum | clipping | balance | auror+<rule>
-    auror_agree = 2           # any other DefenseConfig field (not polling)
+    auror_agree = 2           # any other DefenseConfig field
+    polling = false           # ask neighbours about borderline peers (needs the blacklist)
     [defense.auror]           # AurorConfig fields
     tau = 0.6
     [defense.robust]          # RobustConfig fields (the rule comes from name)
@@ -24,10 +25,11 @@ running an undefended node.
 
 Why the process refuses some combinations a simulation accepts:
 
-* ``polling``: a poll holds an update until neighbours answer on the event
-  loop, while a real node merges in its learner's thread under a lock the event
-  loop also takes; waiting there would deadlock. The simulator merges on its
-  one loop and supports it.
+* ``polling`` with ``blacklist = false``: polls are held and answered by the
+  gossiped blacklist, which such a node does not run (the simulator then
+  silently skips them; a process says so). With the blacklist, polling works
+  in processes as in the simulator: the learner's thread hands each poll to the
+  event loop and never waits for it (:mod:`deepgossip.trust.polling`).
 * a robust rule that needs a set of updates (median, trimmed mean, Krum) with
   the ``gosgd`` mixing rule, which merges one push at a time (the mixing rule
   would refuse it only once learning started).
@@ -82,13 +84,12 @@ class TrustSettings:
             return cls()
         if "learning" not in sections:
             raise SessionError(f"{where}: [defense] needs [learning]: nothing to defend")
-        if defense.polling:
-            raise SessionError(
-                f"{where}: [defense] polling is not supported by node processes (a poll "
-                "would hold the learner's merge while neighbours answer); only the "
-                "simulator runs it"
-            )
         _check_mixing(defense, sections["learning"], where)
+        if defense.polling and not defense.blacklist:
+            raise SessionError(
+                f"{where}: [defense] polling needs the gossiped blacklist (neighbours "
+                "answer polls through it), but blacklist = false"
+            )
         if not defense.blacklist:
             if blacklist_table is not None:
                 raise SessionError(
