@@ -27,9 +27,8 @@ from typing import Any
 
 from deepgossip.attacks.behaviour import AttackConfig
 from deepgossip.experiments.baseline import write_json
-from deepgossip.experiments.poisoning_sim import PoisoningSettings, run_poisoning_sim
+from deepgossip.experiments.poisoning_sim import PoisoningSettings, cli_mixing, run_poisoning_sim
 from deepgossip.experiments.scenario_poisoning import ATTACK_ALIASES, num, pct
-from deepgossip.learn.mixing import MixingConfig
 from deepgossip.trust.defense import DefenseConfig
 
 __all__ = ["matrix_markdown", "matrix_settings", "run_poisoning_matrix", "run_poisoning_matrix_cli"]
@@ -235,14 +234,7 @@ def run_poisoning_matrix_cli(
     from tqdm import tqdm
 
     nodes = options["nodes"]
-    mixing = None
-    if rule != "average" or fanout is not None:
-        mixing = MixingConfig(
-            rule=rule,
-            push_prob=push_prob,
-            period=options["steps_per_round"],
-            fanout=fanout if fanout is not None else (1 if rule == "gosgd" else max(1, nodes - 1)),
-        )
+    mixing = cli_mixing(rule, fanout, push_prob, options["steps_per_round"], nodes)
     base = PoisoningSettings(
         mixing=mixing,
         attack=AttackConfig(

@@ -744,6 +744,22 @@ def _settings_dict(settings: PoisoningSettings) -> dict[str, Any]:
     return out
 
 
+def cli_mixing(
+    rule: str, fanout: int | None, push_prob: float, steps_per_round: int, nodes: int
+) -> MixingConfig | None:
+    """The mixing of the poisoning commands' ``--rule/--fanout/--push-prob``; None is
+    the default (``average`` with every peer each round). A rule pushes once per
+    round; ``gosgd`` to one peer unless told otherwise, ``average`` to all."""
+    if rule == "average" and fanout is None:
+        return None
+    return MixingConfig(
+        rule=rule,
+        push_prob=push_prob,
+        period=steps_per_round,
+        fanout=fanout if fanout is not None else (1 if rule == "gosgd" else max(1, nodes - 1)),
+    )
+
+
 def run_poisoning_cli(
     *,
     json_path: str | None,
@@ -766,14 +782,7 @@ def run_poisoning_cli(
     from deepgossip.experiments.baseline import write_json
 
     nodes = options["nodes"]
-    mixing = None
-    if rule != "average" or fanout is not None:
-        mixing = MixingConfig(
-            rule=rule,
-            push_prob=push_prob,
-            period=options["steps_per_round"],
-            fanout=fanout if fanout is not None else (1 if rule == "gosgd" else max(1, nodes - 1)),
-        )
+    mixing = cli_mixing(rule, fanout, push_prob, options["steps_per_round"], nodes)
     settings = PoisoningSettings(
         mixing=mixing,
         attack=AttackConfig.from_section(
