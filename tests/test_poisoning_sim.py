@@ -136,3 +136,17 @@ def test_bench_poisoning_cli_passes_attack_options(tmp_path: Path) -> None:
     assert (attack["noise_std"], attack["noise_mode"]) == (0.5, "replace")
     bad = CliRunner().invoke(main, [*args, "--attack-option", "noise_std"])
     assert bad.exit_code != 0 and "KEY=VALUE" in bad.output
+
+
+def test_bench_poisoning_cli_passes_defense_options(tmp_path: Path) -> None:
+    out = tmp_path / "poisoning.json"
+    args = ["bench", "poisoning", "--nodes", "8", "--dataset", "digits", "--rounds", "1"]
+    args += ["--steps-per-round", "1", "--attack", "sign_flip", "--defense", "multi_krum"]
+    args += ["--defense-option", "f=2", "--defense-option", "drop_flagged=false"]
+    result = CliRunner().invoke(main, [*args, "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    defense = json.loads(out.read_text())["settings"]["defense"]
+    assert defense["robust"]["rule"] == "multi_krum" and defense["robust"]["f"] == 2
+    assert defense["drop_flagged"] is False
+    bad = CliRunner().invoke(main, [*args, "--defense-option", "bogus=1"])
+    assert bad.exit_code != 0 and "bogus" in bad.output

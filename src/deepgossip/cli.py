@@ -250,6 +250,13 @@ def bench_learning(**options: Any) -> None:
     metavar="KEY=VALUE",
     help="Any other AttackConfig field, e.g. adversarial_steps=3 (repeatable).",
 )
+@click.option(
+    "--defense-option",
+    "defense_options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A RobustConfig field (e.g. f=3 for Krum) or DefenseConfig field (repeatable).",
+)
 @click.option("--polling", is_flag=True, help="Poll neighbours before dropping borderline updates.")
 @click.option("--no-blacklist", is_flag=True, help="Keep verdicts local (no accusation gossip).")
 @click.option(

@@ -82,6 +82,7 @@ from deepgossip.trust.blacklist import (
     PollDecided,
 )
 from deepgossip.trust.defense import Conviction, Defense, DefenseConfig
+from deepgossip.trust.robust import RobustConfig
 from deepgossip.wire.identity import Identity
 
 __all__ = ["PoisoningSettings", "run_poisoning_cli", "run_poisoning_sim"]
@@ -760,6 +761,21 @@ def cli_mixing(
     )
 
 
+def _cli_defense(name: str, options: Sequence[str], **flags: Any) -> DefenseConfig:
+    """``--defense NAME --defense-option KEY=VALUE ...``: keys of
+    :class:`~deepgossip.trust.robust.RobustConfig` set the robust rule's
+    parameters, any other key a :class:`DefenseConfig` field."""
+    values = parse_options(options)
+    robust_keys = {f.name for f in dataclass_fields(RobustConfig)} - {"rule"}
+    robust = RobustConfig(**{k: v for k, v in values.items() if k in robust_keys})
+    rest = {k: v for k, v in values.items() if k not in robust_keys}
+    known = {f.name for f in dataclass_fields(DefenseConfig)} - {"auror", "robust"}
+    unknown = sorted(set(rest) - known)
+    if unknown:
+        raise ValueError(f"unknown defence options: {', '.join(unknown)}")
+    return DefenseConfig.from_name(name, robust=robust, **{**flags, **rest})
+
+
 def run_poisoning_cli(
     *,
     json_path: str | None,
@@ -772,6 +788,7 @@ def run_poisoning_cli(
     target_class: int,
     source_class: int | None,
     attack_options: Sequence[str],
+    defense_options: Sequence[str],
     polling: bool,
     no_blacklist: bool,
     **options: Any,
@@ -797,7 +814,7 @@ def run_poisoning_cli(
                 **parse_options(attack_options),
             }
         ),
-        defense=DefenseConfig.from_name(defense, polling=polling, blacklist=not no_blacklist),
+        defense=_cli_defense(defense, defense_options, polling=polling, blacklist=not no_blacklist),
         **options,
     )
     runs = 1 + (settings.attack.name != "none") + int(settings.defense.active)
