@@ -83,3 +83,20 @@ def test_a_bad_cell_fails_before_anything_runs(tmp_path: Path) -> None:
     )
     assert run.exit_code != 0 and "unknown defence 'magic'" in run.output
     assert not (tmp_path / "m").exists()
+
+
+def test_defense_and_attack_options_reach_every_cell() -> None:
+    from deepgossip.attacks.behaviour import AttackConfig
+    from deepgossip.experiments.poisoning_sim import cli_defense
+
+    base = PoisoningSettings(
+        nodes=4,
+        attack=AttackConfig(noise_std=0.5),
+        defense=cli_defense("none", ["f=2", "auror_agree=1"]),
+    )
+    cells = poisoning_matrix.matrix_settings(base, ["noise"], ["krum", "auror+median"], ["iid"])
+    krum, composed = cells[("iid", "noise", "krum")], cells[("iid", "noise", "auror+median")]
+    assert (krum.defense.robust.rule, krum.defense.robust.f) == ("krum", 2)
+    assert (composed.defense.robust.rule, composed.defense.robust.f) == ("median", 2)
+    assert composed.defense.auror and composed.defense.auror_agree == 1
+    assert krum.attack.noise_std == 0.5 and krum.attack.name == "noise"

@@ -200,6 +200,22 @@ def bench_learning(**options: Any) -> None:
     run_learning_cli(**options)
 
 
+_attack_option = click.option(
+    "--attack-option",
+    "attack_options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Any other AttackConfig field, e.g. adversarial_steps=3 (repeatable).",
+)
+_defense_option = click.option(
+    "--defense-option",
+    "defense_options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A RobustConfig field (e.g. f=3 for Krum) or DefenseConfig field (repeatable).",
+)
+
+
 # The MLP by default: three whole simulations per run (attack, no-attack and
 # no-defence references) are affordable on 2 cores with it, not with the CNN.
 @bench.command("poisoning", context_settings={"default_map": {"model": "mlp"}})
@@ -243,20 +259,8 @@ def bench_learning(**options: Any) -> None:
 @click.option(
     "--source-class", type=click.IntRange(min=0), default=None, help="label_flip: only this class."
 )
-@click.option(
-    "--attack-option",
-    "attack_options",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Any other AttackConfig field, e.g. adversarial_steps=3 (repeatable).",
-)
-@click.option(
-    "--defense-option",
-    "defense_options",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="A RobustConfig field (e.g. f=3 for Krum) or DefenseConfig field (repeatable).",
-)
+@_attack_option
+@_defense_option
 @click.option("--polling", is_flag=True, help="Poll neighbours before dropping borderline updates.")
 @click.option("--no-blacklist", is_flag=True, help="Keep verdicts local (no accusation gossip).")
 @click.option(
@@ -320,6 +324,8 @@ def bench_poisoning(**options: Any) -> None:
 @click.option(
     "--source-class", type=click.IntRange(min=0), default=None, help="label_flip: only this class."
 )
+@_attack_option
+@_defense_option
 @click.option(
     "--rule", type=click.Choice(["average", "gosgd"]), default="average", show_default=True
 )

@@ -21,13 +21,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
-from deepgossip.attacks.behaviour import AttackConfig
+from deepgossip.attacks.behaviour import AttackConfig, parse_options
 from deepgossip.experiments.baseline import write_json
-from deepgossip.experiments.poisoning_sim import PoisoningSettings, cli_mixing, run_poisoning_sim
+from deepgossip.experiments.poisoning_sim import (
+    PoisoningSettings,
+    cli_defense,
+    cli_mixing,
+    run_poisoning_sim,
+)
 from deepgossip.experiments.scenario_poisoning import ATTACK_ALIASES, num, pct
 from deepgossip.trust.defense import DefenseConfig
 
@@ -53,11 +58,16 @@ def matrix_settings(
 
     The attack of a cell is ``base.attack`` renamed (so ``boost``, ``target_class``
     ... apply to every attack that reads them); its defence
-    :meth:`DefenseConfig.from_name` with ``base.defense``'s switches (``blacklist``,
-    ``polling``).
+    :meth:`DefenseConfig.from_name` with ``base.defense``'s robust-rule parameters
+    (Krum's ``f`` ...) and other fields (``blacklist``, ``polling``,
+    ``auror_agree`` ...).
     """
     cells: dict[Cell, PoisoningSettings] = {}
-    switches = {"blacklist": base.defense.blacklist, "polling": base.defense.polling}
+    switches = {
+        f.name: getattr(base.defense, f.name)
+        for f in fields(DefenseConfig)
+        if f.name not in ("auror", "robust")
+    }
     for partition in dict.fromkeys(partitions):
         for attack in _names(attacks):
             for defense in _names(defenses):
@@ -65,7 +75,9 @@ def matrix_settings(
                     base,
                     partition=partition,
                     attack=replace(base.attack, name=ATTACK_ALIASES.get(attack, attack)),
-                    defense=DefenseConfig.from_name(defense, **switches),
+                    defense=DefenseConfig.from_name(
+                        defense, robust=base.defense.robust, **switches
+                    ),
                     references=(),
                 )
     return cells
@@ -228,6 +240,8 @@ def run_poisoning_matrix_cli(
     boost: float,
     target_class: int,
     source_class: int | None,
+    attack_options: Sequence[str] = (),
+    defense_options: Sequence[str] = (),
     **options: Any,
 ) -> dict[str, Any]:
     """Entry point of ``deepgossip bench poisoning-matrix``."""
@@ -237,15 +251,18 @@ def run_poisoning_matrix_cli(
     mixing = cli_mixing(rule, fanout, push_prob, options["steps_per_round"], nodes)
     base = PoisoningSettings(
         mixing=mixing,
-        attack=AttackConfig(
-            boost=boost,
-            target_class=target_class,
-            source_class=source_class,
-            num_nodes=nodes,
-            num_malicious=max(1, round(options["malicious"] * nodes)),
-            seed=options["seed"],
+        attack=AttackConfig.from_section(
+            {
+                "boost": boost,
+                "target_class": target_class,
+                "source_class": source_class,
+                "num_nodes": nodes,
+                "num_malicious": max(1, round(options["malicious"] * nodes)),
+                "seed": options["seed"],
+                **parse_options(attack_options),
+            }
         ),
-        defense=DefenseConfig(),
+        defense=cli_defense("none", defense_options),
         **options,
     )
     split = [a.split(",") for a in (attacks, defenses, partitions)]

@@ -761,7 +761,7 @@ def cli_mixing(
     )
 
 
-def _cli_defense(name: str, options: Sequence[str], **flags: Any) -> DefenseConfig:
+def cli_defense(name: str, options: Sequence[str], **flags: Any) -> DefenseConfig:
     """``--defense NAME --defense-option KEY=VALUE ...``: keys of
     :class:`~deepgossip.trust.robust.RobustConfig` set the robust rule's
     parameters, any other key a :class:`DefenseConfig` field."""
@@ -814,7 +814,7 @@ def run_poisoning_cli(
                 **parse_options(attack_options),
             }
         ),
-        defense=_cli_defense(defense, defense_options, polling=polling, blacklist=not no_blacklist),
+        defense=cli_defense(defense, defense_options, polling=polling, blacklist=not no_blacklist),
         **options,
     )
     runs = 1 + (settings.attack.name != "none") + int(settings.defense.active)
