@@ -25,10 +25,10 @@ from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
-from deepgossip.attacks.behaviour import AttackConfig, parse_options
 from deepgossip.experiments.baseline import write_json
 from deepgossip.experiments.poisoning_sim import (
     PoisoningSettings,
+    cli_attack,
     cli_defense,
     cli_mixing,
     run_poisoning_sim,
@@ -251,16 +251,14 @@ def run_poisoning_matrix_cli(
     mixing = cli_mixing(rule, fanout, push_prob, options["steps_per_round"], nodes)
     base = PoisoningSettings(
         mixing=mixing,
-        attack=AttackConfig.from_section(
-            {
-                "boost": boost,
-                "target_class": target_class,
-                "source_class": source_class,
-                "num_nodes": nodes,
-                "num_malicious": max(1, round(options["malicious"] * nodes)),
-                "seed": options["seed"],
-                **parse_options(attack_options),
-            }
+        attack=cli_attack(
+            attack_options,
+            boost=boost,
+            target_class=target_class,
+            source_class=source_class,
+            num_nodes=nodes,
+            num_malicious=max(1, round(options["malicious"] * nodes)),
+            seed=options["seed"],
         ),
         defense=cli_defense("none", defense_options),
         **options,

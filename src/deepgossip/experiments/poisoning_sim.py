@@ -761,6 +761,12 @@ def cli_mixing(
     )
 
 
+def cli_attack(options: Sequence[str], **fields: Any) -> AttackConfig:
+    """The poisoning commands' attack: their flags (``fields``) overridden by
+    ``--attack-option KEY=VALUE`` (any :class:`AttackConfig` field)."""
+    return AttackConfig.from_section({**fields, **parse_options(options)})
+
+
 def cli_defense(name: str, options: Sequence[str], **flags: Any) -> DefenseConfig:
     """``--defense NAME --defense-option KEY=VALUE ...``: keys of
     :class:`~deepgossip.trust.robust.RobustConfig` set the robust rule's
@@ -802,17 +808,15 @@ def run_poisoning_cli(
     mixing = cli_mixing(rule, fanout, push_prob, options["steps_per_round"], nodes)
     settings = PoisoningSettings(
         mixing=mixing,
-        attack=AttackConfig.from_section(
-            {
-                "name": attack,
-                "boost": boost,
-                "target_class": target_class,
-                "source_class": source_class,
-                "num_nodes": nodes,
-                "num_malicious": max(1, round(options["malicious"] * nodes)),
-                "seed": options["seed"],
-                **parse_options(attack_options),
-            }
+        attack=cli_attack(
+            attack_options,
+            name=attack,
+            boost=boost,
+            target_class=target_class,
+            source_class=source_class,
+            num_nodes=nodes,
+            num_malicious=max(1, round(options["malicious"] * nodes)),
+            seed=options["seed"],
         ),
         defense=cli_defense(defense, defense_options, polling=polling, blacklist=not no_blacklist),
         **options,
