@@ -28,10 +28,8 @@ from typing import Any
 from deepgossip.experiments.baseline import write_json
 from deepgossip.experiments.poisoning_sim import (
     PoisoningSettings,
-    cli_attack,
-    cli_defense,
-    cli_mixing,
     run_poisoning_sim,
+    settings_from_cli,
 )
 from deepgossip.experiments.scenario_poisoning import ATTACK_ALIASES, num, pct
 from deepgossip.trust.defense import DefenseConfig
@@ -247,20 +245,18 @@ def run_poisoning_matrix_cli(
     """Entry point of ``deepgossip bench poisoning-matrix``."""
     from tqdm import tqdm
 
-    nodes = options["nodes"]
-    mixing = cli_mixing(rule, fanout, push_prob, options["steps_per_round"], nodes)
-    base = PoisoningSettings(
-        mixing=mixing,
-        attack=cli_attack(
-            attack_options,
-            boost=boost,
-            target_class=target_class,
-            source_class=source_class,
-            num_nodes=nodes,
-            num_malicious=max(1, round(options["malicious"] * nodes)),
-            seed=options["seed"],
-        ),
-        defense=cli_defense("none", defense_options),
+    # The cells rename the attack and the defence; "none" carries their options.
+    base = settings_from_cli(
+        attack="none",
+        defense="none",
+        rule=rule,
+        fanout=fanout,
+        push_prob=push_prob,
+        boost=boost,
+        target_class=target_class,
+        source_class=source_class,
+        attack_options=attack_options,
+        defense_options=defense_options,
         **options,
     )
     split = [a.split(",") for a in (attacks, defenses, partitions)]

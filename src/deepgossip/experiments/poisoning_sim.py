@@ -47,7 +47,7 @@ import math
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from dataclasses import fields as dataclass_fields
 from typing import Any
@@ -782,6 +782,42 @@ def cli_defense(name: str, options: Sequence[str], **flags: Any) -> DefenseConfi
     return DefenseConfig.from_name(name, robust=robust, **{**flags, **rest})
 
 
+def settings_from_cli(
+    *,
+    attack: str,
+    defense: str,
+    rule: str,
+    fanout: int | None,
+    push_prob: float,
+    boost: float,
+    target_class: int,
+    source_class: int | None,
+    attack_options: Sequence[str] = (),
+    defense_options: Sequence[str] = (),
+    defense_flags: Mapping[str, Any] | None = None,
+    **options: Any,
+) -> PoisoningSettings:
+    """The settings of the poisoning commands (``bench poisoning``,
+    ``bench poisoning-matrix``) from their flags; ``options`` are the
+    :class:`PoisoningSettings` fields they pass through unchanged."""
+    nodes = options["nodes"]
+    return PoisoningSettings(
+        mixing=cli_mixing(rule, fanout, push_prob, options["steps_per_round"], nodes),
+        attack=cli_attack(
+            attack_options,
+            name=attack,
+            boost=boost,
+            target_class=target_class,
+            source_class=source_class,
+            num_nodes=nodes,
+            num_malicious=max(1, round(options["malicious"] * nodes)),
+            seed=options["seed"],
+        ),
+        defense=cli_defense(defense, defense_options, **(defense_flags or {})),
+        **options,
+    )
+
+
 def run_poisoning_cli(
     *,
     json_path: str | None,
@@ -804,21 +840,18 @@ def run_poisoning_cli(
 
     from deepgossip.experiments.baseline import write_json
 
-    nodes = options["nodes"]
-    mixing = cli_mixing(rule, fanout, push_prob, options["steps_per_round"], nodes)
-    settings = PoisoningSettings(
-        mixing=mixing,
-        attack=cli_attack(
-            attack_options,
-            name=attack,
-            boost=boost,
-            target_class=target_class,
-            source_class=source_class,
-            num_nodes=nodes,
-            num_malicious=max(1, round(options["malicious"] * nodes)),
-            seed=options["seed"],
-        ),
-        defense=cli_defense(defense, defense_options, polling=polling, blacklist=not no_blacklist),
+    settings = settings_from_cli(
+        attack=attack,
+        defense=defense,
+        rule=rule,
+        fanout=fanout,
+        push_prob=push_prob,
+        boost=boost,
+        target_class=target_class,
+        source_class=source_class,
+        attack_options=attack_options,
+        defense_options=defense_options,
+        defense_flags={"polling": polling, "blacklist": not no_blacklist},
         **options,
     )
     runs = 1 + (settings.attack.name != "none") + int(settings.defense.active)
