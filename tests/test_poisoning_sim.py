@@ -49,6 +49,16 @@ def test_label_flippers_are_blacklisted_network_wide_while_honest_nodes_learn() 
     honest = set(range(10)) - set(result["malicious_nodes"])
     assert {int(i) for i in result["blacklists"]} == honest
     assert all(v == result["malicious_nodes"] for v in result["blacklists"].values())
+    # The timeline says, per attacker, when and why each honest node listed it.
+    timeline = result["blacklist_timeline"]
+    assert {int(a) for a in timeline} == set(result["malicious_nodes"])
+    for nodes in timeline.values():
+        assert {int(i) for i in nodes} == honest
+        assert all(
+            rounds >= 0 and by in ("local", "quorum", "own_evidence")
+            for rounds, by in nodes.values()
+        )
+        assert min(rounds for rounds, _ in nodes.values()) == 0.0  # the first detection
     # ... and no honest node is blacklisted anywhere, with or without an attack.
     assert result["honest_blacklisted"] == 0
     assert result["reference"]["no_attack_honest_blacklisted"] == 0
@@ -136,6 +146,21 @@ def test_bench_poisoning_cli_passes_attack_options(tmp_path: Path) -> None:
     assert (attack["noise_std"], attack["noise_mode"]) == (0.5, "replace")
     bad = CliRunner().invoke(main, [*args, "--attack-option", "noise_std"])
     assert bad.exit_code != 0 and "KEY=VALUE" in bad.output
+
+
+def test_bench_poisoning_cli_runs_only_the_references_asked_for(tmp_path: Path) -> None:
+    out = tmp_path / "poisoning.json"
+    args = ["bench", "poisoning", "--nodes", "4", "--dataset", "digits", "--rounds", "1"]
+    args += ["--steps-per-round", "1", "--attack", "sign_flip", "--defense", "median"]
+    result = CliRunner().invoke(main, [*args, "--references", "no_attack", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    reference = json.loads(out.read_text())["reference"]
+    assert "no_attack_accuracy_mean" in reference and "no_defense_accuracy_mean" not in reference
+    result = CliRunner().invoke(main, [*args, "--references", "none", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["settings"]["references"] == []
+    bad = CliRunner().invoke(main, [*args, "--references", "no_attack,bogus"])
+    assert bad.exit_code != 0 and "bogus" in bad.output
 
 
 def test_bench_poisoning_cli_passes_defense_options(tmp_path: Path) -> None:

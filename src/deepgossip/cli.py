@@ -264,6 +264,13 @@ _defense_option = click.option(
 @click.option("--polling", is_flag=True, help="Poll neighbours before dropping borderline updates.")
 @click.option("--no-blacklist", is_flag=True, help="Keep verdicts local (no accusation gossip).")
 @click.option(
+    "--references",
+    default="no_attack,no_defense",
+    show_default=True,
+    help="Comma-separated references to run beside the attack ('none': only the attack, "
+    "for quick screens).",
+)
+@click.option(
     "--rule",
     type=click.Choice(["average", "gosgd", "none"]),
     default="average",

@@ -90,6 +90,18 @@ __all__ = ["PoisoningSettings", "run_poisoning_cli", "run_poisoning_sim"]
 REFERENCES = ("no_attack", "no_defense")
 """The reference simulations :func:`run_poisoning_sim` can run besides the main one."""
 
+
+def parse_references(text: str) -> tuple[str, ...]:
+    """``"no_attack,no_defense"`` -> the tuple; ``"none"`` or ``""`` -> no reference."""
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    if names in ((), ("none",)):
+        return ()
+    unknown = sorted(set(names) - set(REFERENCES))
+    if unknown:
+        choices = ", ".join(REFERENCES)
+        raise ValueError(f"unknown references {unknown}; choose from {choices} or none")
+    return names
+
 _MALICIOUS_STREAM = 0x706F6973
 """Seed-sequence tag of the choice of malicious nodes (independent of the rest)."""
 
@@ -339,6 +351,8 @@ class _Record:
 
     listed: dict[tuple[int, bytes], float] = field(default_factory=dict)
     """(honest node, peer) -> when the peer was (last) blacklisted there."""
+    how: dict[tuple[int, bytes], str] = field(default_factory=dict)
+    """(honest node, peer) -> the verdict that (last) listed it: local, quorum, own_evidence."""
     first_local: dict[bytes, float] = field(default_factory=dict)
     """peer -> first local verdict about it at any honest node."""
     ever_listed: set[bytes] = field(default_factory=set)
@@ -580,6 +594,7 @@ def _make_defense(
         poller=_Poller(node) if node.blacklist is not None else None,
     )
     node.own_suspicion = defense.own_suspicion
+    node.own_evidence = defense.evidence_of
     return defense
 
 
@@ -596,6 +611,7 @@ def _on_event(peer: _Peer, event: Any, now: float, record: _Record) -> None:
         return  # attackers' own blacklists are not the experiment's concern
     elif isinstance(event, PeerBlacklisted):
         record.listed[(peer.index, event.peer_id)] = now
+        record.how[(peer.index, event.peer_id)] = event.by
         record.ever_listed.add(event.peer_id)
         if event.by == "local":
             record.first_local[event.peer_id] = min(
@@ -654,11 +670,38 @@ def _detection(
         "rounds_to_blacklist_each_max": rounds_each,
         "first_detection_virtual_s": first_detection,
         "honest_blacklisted": len(record.ever_listed & honest_ids),
+        "blacklist_timeline": _timeline(honest, bad_ids, index_of, record, gossip_interval),
         "blacklists": {
             str(i): sorted(index_of[b] for b in listed if b in index_of)
             for i, listed in lists.items()
         },
     }
+
+
+def _timeline(
+    honest: list[_Peer],
+    bad_ids: set[bytes],
+    index_of: dict[bytes, int],
+    record: _Record,
+    gossip_interval: float,
+) -> dict[str, dict[str, list[Any]]]:
+    """Per attacker and honest node: gossip rounds from the attacker's first local
+    detection anywhere to its listing there, and the verdict that listed it (why a
+    spread is slow: nodes waiting for their own evidence, or for a quorum)."""
+    out: dict[str, dict[str, list[Any]]] = {}
+    for bad in sorted(bad_ids, key=index_of.__getitem__):
+        first = record.first_local.get(bad)
+        if first is None:
+            continue
+        out[str(index_of[bad])] = {
+            str(p.index): [
+                round((record.listed[(p.index, bad)] - first) / gossip_interval, 2),
+                record.how[(p.index, bad)],
+            ]
+            for p in honest
+            if (p.index, bad) in record.listed
+        }
+    return out
 
 
 def _sum_stats(peers: list[_Peer]) -> dict[str, int]:
@@ -833,6 +876,7 @@ def run_poisoning_cli(
     defense_options: Sequence[str],
     polling: bool,
     no_blacklist: bool,
+    references: str,
     **options: Any,
 ) -> dict[str, Any]:
     """Entry point of ``deepgossip bench poisoning``."""
@@ -852,9 +896,14 @@ def run_poisoning_cli(
         attack_options=attack_options,
         defense_options=defense_options,
         defense_flags={"polling": polling, "blacklist": not no_blacklist},
+        references=parse_references(references),
         **options,
     )
-    runs = 1 + (settings.attack.name != "none") + int(settings.defense.active)
+    runs = (
+        1
+        + ("no_attack" in settings.references and settings.attack.name != "none")
+        + ("no_defense" in settings.references and settings.defense.active)
+    )
     with tqdm(total=settings.rounds * settings.nodes * runs, desc="rounds", unit="round") as bar:
         result = run_poisoning_sim(settings, progress=bar.update)
     ref = result.get("reference", {})
