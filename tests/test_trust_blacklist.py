@@ -116,6 +116,7 @@ class Harness:
     published: list[bytes] = field(default_factory=list)
     suspicion: dict[bytes, float] = field(default_factory=dict)
     seen_evidence: list[tuple[bytes, tuple[Evidence, ...]]] = field(default_factory=list)
+    own_evidence: dict[bytes, tuple[Evidence, ...]] = field(default_factory=dict)
 
 
 def harness(
@@ -142,6 +143,7 @@ def harness(
         live_peers=lambda: list(live),
         n_estimate=lambda: n,
         own_suspicion=own,
+        own_evidence=lambda peer: h.own_evidence.get(peer, ()),
         rng=random.Random(seed),
         config=config or BlacklistConfig(),
         now=T0,
@@ -376,6 +378,58 @@ def test_reconsider_adopts_a_held_accusation_once_own_evidence_agrees() -> None:
     [event] = h.core.reconsider(T0 + 2.0)
     assert event == PeerBlacklisted(ACCUSED.node_id, "own_evidence", (IDS[1].node_id,))
     assert h.core.reconsider(T0 + 3.0) == []  # listed peers are not re-judged here
+
+
+def test_own_evidence_adoption_endorses_while_the_evidence_lasts() -> None:
+    h = harness(n=10)
+    h.suspicion[ACCUSED.node_id] = 0.45
+    h.own_evidence[ACCUSED.node_id] = EVIDENCE[:1]
+    [event] = h.core.on_item(delivered(accuse(IDS[1]), IDS[1]))
+    assert event.by == "own_evidence"  # type: ignore[attr-defined]
+    [body] = h.published  # our endorsement, with our own score and evidence
+    endorsement = open_accusation(body)
+    assert (endorsement.accuser, endorsement.accused) == (ME.node_id, ACCUSED.node_id)
+    assert endorsement.reason == "endorse" and endorsement.suspicion == 0.45
+    assert endorsement.evidence == EVIDENCE[:1] and not endorsement.withdraw
+    # It counts toward another node's quorum like any accusation.
+    other = harness(IDS[5], n=4)  # quorum 2
+    assert other.core.on_item(delivered(accuse(IDS[1]), IDS[1])) == []
+    [adopted] = other.core.on_item(delivered(body, ME))
+    assert adopted == PeerBlacklisted(ACCUSED.node_id, "quorum", (ME.node_id, IDS[1].node_id))
+    # Renewed like a verdict while it stands ...
+    assert h.core.next_deadline() == T0 + 30.0  # the review comes first
+    h.core.tick(T0 + 30.0)
+    assert len(h.published) == 1  # still backed: nothing to say
+    h.core.tick(T0 + 240.0)
+    renewed = open_accusation(h.published[-1])
+    assert renewed.reason == "endorse" and renewed.seq > endorsement.seq
+    # ... and withdrawn once our detector no longer agrees, lifting the quorum.
+    h.suspicion[ACCUSED.node_id] = 0.1
+    assert h.core.tick(T0 + 270.0) == [PeerUnblacklisted(ACCUSED.node_id, "review")]
+    withdrawal = open_accusation(h.published[-1])
+    assert withdrawal.withdraw and withdrawal.accuser == ME.node_id
+    assert other.core.on_item(delivered(h.published[-1], ME, now=T0 + 271)) == [
+        PeerUnblacklisted(ACCUSED.node_id, "withdrawn")
+    ]
+
+
+def test_adopting_on_a_quorum_alone_publishes_nothing() -> None:
+    h = harness(n=4)  # quorum 2; our detector has no opinion
+    h.core.on_item(delivered(accuse(IDS[1]), IDS[1]))
+    [event] = h.core.on_item(delivered(accuse(IDS[2]), IDS[2]))
+    assert event.by == "quorum"  # type: ignore[attr-defined]
+    assert h.published == []  # no echo: an accusation cannot grow a quorum by itself
+    h.suspicion[ACCUSED.node_id] = 0.3  # leaning, below the own-evidence threshold
+    h.core.tick(T0 + 30.0)
+    assert h.published == []
+
+
+def test_endorsements_can_be_switched_off() -> None:
+    h = harness(n=10, config=BlacklistConfig(endorse=False))
+    h.suspicion[ACCUSED.node_id] = 0.45
+    [event] = h.core.on_item(delivered(accuse(IDS[1]), IDS[1]))
+    assert event.by == "own_evidence"  # type: ignore[attr-defined]
+    assert h.published == []
 
 
 def test_retraction_and_expiry_lift_an_adopted_entry() -> None:

@@ -387,7 +387,7 @@ def test_flagged_updates_wait_for_the_poll_and_come_back(early: bool) -> None:
 # ------------------------------------------------------------ the node's blacklist
 
 
-def _nodes(count: int) -> tuple[SimNetwork, list[Node]]:
+def _nodes(count: int, config: BlacklistConfig | None = None) -> tuple[SimNetwork, list[Node]]:
     net = SimNetwork(seed=1)
     rng = random.Random(1)
     nodes = []
@@ -400,7 +400,7 @@ def _nodes(count: int) -> tuple[SimNetwork, list[Node]]:
             Session("defense-test"),
             rng=net.rng_for(address),
             wall_clock=net.now,
-            blacklist=BlacklistConfig(),
+            blacklist=config or BlacklistConfig(),
         )
         net.attach(address, node.host.receive)
         nodes.append(node)
@@ -410,8 +410,9 @@ def _nodes(count: int) -> tuple[SimNetwork, list[Node]]:
     return net, nodes
 
 
-def test_node_spreads_a_verdict_and_peers_adopt_it_on_their_own_evidence() -> None:
-    net, nodes = _nodes(4)
+@pytest.mark.parametrize("endorse", [True, False])
+def test_node_spreads_a_verdict_and_peers_adopt_it_on_their_own_evidence(endorse: bool) -> None:
+    net, nodes = _nodes(4, BlacklistConfig(endorse=endorse))
     accuser, suspect = nodes[0], nodes[3]
     events: list[PeerBlacklisted] = []
     nodes[1].host.subscribe(lambda e: events.append(e) if isinstance(e, PeerBlacklisted) else None)
@@ -424,8 +425,12 @@ def test_node_spreads_a_verdict_and_peers_adopt_it_on_their_own_evidence() -> No
     # One accuser is below the quorum (2), but node 1's own evidence agrees ...
     assert nodes[1].is_blacklisted(suspect.node_id)
     assert [(e.peer_id, e.by) for e in events] == [(suspect.node_id, "own_evidence")]
-    # ... node 2 has no opinion: one accusation is not enough.
-    assert not nodes[2].is_blacklisted(suspect.node_id)
+    # ... node 2 has no opinion: one accusation is not enough, but node 1's
+    # endorsement makes two accusers, the quorum.
+    assert nodes[2].is_blacklisted(suspect.node_id) == endorse
+    if endorse:
+        assert nodes[2].blacklist is not None
+        assert nodes[2].blacklist.entry(suspect.node_id).by == "quorum"  # type: ignore[union-attr]
     # The suspect itself ignores accusations about itself.
     assert not suspect.is_blacklisted(suspect.node_id)
 

@@ -52,6 +52,7 @@ from deepgossip.trust.accusation import ACCUSATION_KIND, Evidence
 from deepgossip.trust.blacklist import (
     BlacklistConfig,
     BlacklistCore,
+    EvidenceFn,
     PeerBlacklisted,
     PeerUnblacklisted,
     SuspicionFn,
@@ -187,6 +188,8 @@ class Node:
         # without defences behaves exactly as before).
         self.own_suspicion: SuspicionFn | None = None
         """The local detector's view of a peer, in [0, 1] (None: no opinion)."""
+        self.own_evidence: EvidenceFn | None = None
+        """What the local detector holds against a peer (attached to endorsements)."""
         self.blacklist: BlacklistCore | None = None
         if blacklist is not None:
             self.blacklist = BlacklistCore(
@@ -195,6 +198,7 @@ class Node:
                 live_peers=lambda: [(m.node_id, m.address) for m in self.live_peers()],
                 n_estimate=lambda: len(self.live_peers()) + 1,  # this node included
                 own_suspicion=self._own_suspicion,
+                own_evidence=self._own_evidence,
                 rng=random.Random(self._rng.getrandbits(64)),
                 config=blacklist,
                 now=runtime.now(),
@@ -259,6 +263,9 @@ class Node:
 
     def _own_suspicion(self, peer_id: bytes, evidence: Sequence[Evidence]) -> float | None:
         return self.own_suspicion(peer_id, evidence) if self.own_suspicion is not None else None
+
+    def _own_evidence(self, peer_id: bytes) -> Sequence[Evidence]:
+        return self.own_evidence(peer_id) if self.own_evidence is not None else ()
 
     def start(self, seeds: Sequence[Address] = ()) -> None:
         self.host.start()

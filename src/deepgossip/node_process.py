@@ -262,6 +262,7 @@ def _defense(node: Node, service: LearnerService, trust: TrustSettings) -> Defen
     # ``defense.progress`` stays 0: a node has no planned number of rounds, so
     # BALANCE's acceptance radius does not shrink over training here.
     node.own_suspicion = defense.own_suspicion
+    node.own_evidence = defense.evidence_of
     return defense
 
 

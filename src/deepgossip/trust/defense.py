@@ -451,6 +451,10 @@ class Defense:
         del evidence  # the detector's score already sums everything it saw
         return self.suspicion(peer_id)
 
+    def evidence_of(self, peer_id: bytes) -> tuple[Evidence, ...]:
+        """:data:`~.blacklist.EvidenceFn`: the peer's flagged updates, newest first."""
+        return tuple(reversed(self._evidence.get(peer_id, ())))
+
     @property
     def held(self) -> int:
         """Updates waiting for a neighbour poll."""
@@ -620,7 +624,7 @@ class Defense:
             self.stats["verdicts"] += 1
             self._public.pop(peer, None)
             if self._on_verdict is not None:
-                evidence = tuple(reversed(self._evidence.get(peer, ())))
+                evidence = self.evidence_of(peer)
                 self._on_verdict(Conviction(peer, self.suspicion(peer) or 0.0, evidence))
         if judged and self._on_evidence is not None:
             self._on_evidence()
