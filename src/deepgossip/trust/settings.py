@@ -7,7 +7,7 @@ model, and a :class:`~deepgossip.trust.blacklist.BlacklistCore` into its node::
     [defense]
     name = "auror+clipping"   # none (default) | auror | median | trimmed_mean | krum |
                               # multi_krum | clipping | balance | auror+<rule>
-    auror_agree = 2           # any other DefenseConfig field
+    auror_agree = 2           # any other DefenseConfig field (unset: by mixing rule)
     polling = false           # ask neighbours about borderline peers (needs the blacklist)
     [defense.auror]           # AurorConfig fields
     tau = 0.6
@@ -84,7 +84,8 @@ class TrustSettings:
             return cls()
         if "learning" not in sections:
             raise SessionError(f"{where}: [defense] needs [learning]: nothing to defend")
-        _check_mixing(defense, sections["learning"], where)
+        rule = _check_mixing(defense, sections["learning"], where)
+        defense = defense.for_mixing(rule)
         if defense.polling and not defense.blacklist:
             raise SessionError(
                 f"{where}: [defense] polling needs the gossiped blacklist (neighbours "
@@ -141,7 +142,8 @@ def _defense(table: object, where: str) -> DefenseConfig:
         raise SessionError(f"{where}: [defense]: {exc}") from exc
 
 
-def _check_mixing(defense: DefenseConfig, learning: object, where: str) -> None:
+def _check_mixing(defense: DefenseConfig, learning: object, where: str) -> str:
+    """Refuse a robust rule the mixing rule cannot run; return the mixing rule."""
     from deepgossip.learn.mixing import MixingConfig
     from deepgossip.trust.defense import GOSGD_RULES
 
@@ -153,6 +155,7 @@ def _check_mixing(defense: DefenseConfig, learning: object, where: str) -> None:
             f"at a time, so its robust rule must be one of {', '.join(GOSGD_RULES)}; "
             "use [learning] rule = 'average' for median, trimmed_mean or krum"
         )
+    return str(rule)
 
 
 def _blacklist(table: object, where: str) -> BlacklistConfig:
