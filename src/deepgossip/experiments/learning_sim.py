@@ -434,8 +434,14 @@ def _run_processes(*, json_path: str | None, **options: Any) -> dict[str, Any]:
         run_learning_processes,
     )
 
-    # Options of the simulated runtime that real nodes do not have.
-    for name in ("rounds", "threads", "lr_schedule"):
+    # Options of the simulated runtime that real nodes do not have: refuse what
+    # would change the result, drop what only sizes the simulation.
+    if options.pop("lr_schedule", "constant") != "constant":
+        raise click.UsageError(
+            "--lr-schedule: real nodes train for as long as they are fed, so they have "
+            "no end to anneal towards; the schedule is for the sim runtime"
+        )
+    for name in ("rounds", "threads"):
         options.pop(name, None)
     if options.get("standalone_sample") is None:
         options.pop("standalone_sample", None)  # keep the process bench's default
