@@ -17,6 +17,7 @@ def test_a_small_sim_run_writes_the_issue_keys(tmp_path: Path) -> None:
     out = tmp_path / "learning.json"
     args = [*TINY, "--rounds", "4", "--steps-per-round", "2", "--rule", "average"]
     args += ["--fanout", "2", "--lr", "0.05", "--lr-schedule", "cosine", "--threads", "1"]
+    args += ["--outer-momentum", "0.5"]
     result = CliRunner().invoke(main, [*args, "--json", str(out)])
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
@@ -36,6 +37,7 @@ def test_a_small_sim_run_writes_the_issue_keys(tmp_path: Path) -> None:
     ):
         assert key in data
     assert (data["nodes"], data["runtime"], data["settings"]["lr_schedule"]) == (3, "sim", "cosine")
+    assert data["settings"]["mixing"]["outer_momentum"] == 0.5
     assert 0.0 <= data["accuracy_min"] <= data["accuracy_mean"] <= 1.0
 
 

@@ -156,6 +156,13 @@ def bench_swim(**options: object) -> None:
 )
 @click.option("--push-prob", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.1)
 @click.option("--fanout", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option(
+    "--outer-momentum",
+    type=click.FloatRange(0.0, 1.0, max_open=True),
+    default=0.0,
+    show_default=True,
+    help="Momentum across rounds on each node's merged model (0: off).",
+)
 @click.option("--theta-u", type=click.FloatRange(0.0, 1.0, min_open=True), default=1.0)
 @click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam", show_default=True)
 @click.option(

@@ -30,6 +30,7 @@ from deepgossip.learn.data import load_dataset, to_tensors
 from deepgossip.learn.exchange import UpdateExchange, UpdateReceived
 from deepgossip.learn.mixing import MixingConfig, MixingRule, make_rule
 from deepgossip.learn.models import build_model
+from deepgossip.learn.outer_momentum import OuterMomentum
 from deepgossip.learn.params import assign, flatten
 from deepgossip.learn.partition import cli_options, partition
 from deepgossip.learn.sharing import Sharer, SharingConfig, UpdateRejected
@@ -125,6 +126,7 @@ class _Peer:
     rule: MixingRule
     exchange: UpdateExchange
     np_rng: np.random.Generator
+    outer: OuterMomentum | None = None
     rejected: int = 0
     merged: int = 0
     round: int = 0
@@ -245,6 +247,11 @@ def run_learning_sim(
             ),
             exchange=exchange,
             np_rng=np.random.default_rng(settings.seed + i),
+            outer=(
+                OuterMomentum(settings.mixing.outer_momentum, flatten(model))
+                if settings.mixing.outer_momentum > 0
+                else None
+            ),
         )
         node.host.subscribe(lambda event, peer=peer: _on_event(peer, event, net.now()))
         net.attach(address, node.host.receive)
@@ -282,11 +289,13 @@ def run_learning_sim(
             )
             update = peer.rule.make_outgoing(update)
             peer.node.host.execute(peer.exchange.push(update, peer.rule.config.fanout))
-        if peer.rule.pending:
+        if peer.rule.pending or peer.outer is not None:
             w = flatten(peer.model)
-            report = peer.rule.merge(w, now)
+            if peer.rule.pending:
+                peer.merged += peer.rule.merge(w, now).merged
+            if peer.outer is not None:
+                peer.outer.step(w)  # every round, merged or not
             assign(peer.model, w)
-            peer.merged += report.merged
         done[0] += 1
         if progress is not None:
             progress(1)
@@ -380,6 +389,7 @@ def run_learning_cli(
     rule: str,
     push_prob: float,
     fanout: int,
+    outer_momentum: float,
     theta_u: float,
     target: float,
     max_seconds: float,
@@ -394,7 +404,9 @@ def run_learning_cli(
         if not (runtime == "asyncio" and processes):
             raise click.UsageError("real nodes run as processes: use --runtime asyncio --processes")
         result = _run_processes(
-            mixing=MixingConfig(rule=rule, push_prob=push_prob, fanout=fanout),
+            mixing=MixingConfig(
+                rule=rule, push_prob=push_prob, fanout=fanout, outer_momentum=outer_momentum
+            ),
             sharing=SharingConfig(theta_u=theta_u),
             target=target,
             max_seconds=max_seconds,
@@ -403,7 +415,9 @@ def run_learning_cli(
         )
     else:
         settings = LearningSimSettings(
-            mixing=MixingConfig(rule=rule, push_prob=push_prob, fanout=fanout),
+            mixing=MixingConfig(
+                rule=rule, push_prob=push_prob, fanout=fanout, outer_momentum=outer_momentum
+            ),
             sharing=SharingConfig(theta_u=theta_u),
             **options,
         )

@@ -41,6 +41,7 @@ import torch
 
 from deepgossip.learn.learner import Learner
 from deepgossip.learn.mixing import GoSGD, MixingConfig, MixingRule, make_rule
+from deepgossip.learn.outer_momentum import OuterMomentum
 from deepgossip.learn.params import assign, flatten
 from deepgossip.learn.sharing import Sharer, SharingConfig, SparseUpdate, UpdateRejected
 from deepgossip.learn.trust_weights import HoldoutEvaluator
@@ -48,12 +49,18 @@ from deepgossip.learn.trust_weights import HoldoutEvaluator
 if TYPE_CHECKING:
     from deepgossip.trust.defense import Defense
 
+_OUTER_VELOCITY = "outer_momentum.velocity"
+"""``learner.mixing_tensors`` key of the outer momentum's velocity (checkpointed).
+The round's start is not saved: after a restart the round starts from the
+restored model, which is where the last round ended."""
+
 _MIXING_KEYS = {
     "rule": "rule",
     "push_prob": "push_prob",
     "push_period": "period",
     "fanout": "fanout",
     "window": "window",
+    "outer_momentum": "outer_momentum",
 }
 _SHARING_KEYS = {
     "theta_u": "theta_u",
@@ -207,6 +214,14 @@ class Collaboration:
         self._reference = initial.clone() if publish_transform is not None else None
         if isinstance(self.rule, GoSGD) and "alpha" in learner.mixing_state:
             self.rule.alpha = float(learner.mixing_state["alpha"])
+        self.outer: OuterMomentum | None = None
+        if config.mixing.outer_momentum > 0:
+            # Resumed from the checkpoint when it has the state (same model size).
+            saved = learner.mixing_tensors.get(_OUTER_VELOCITY)
+            if saved is not None and saved.shape != initial.shape:
+                saved = None
+            self.outer = OuterMomentum(config.mixing.outer_momentum, initial, saved)
+            learner.mixing_tensors[_OUTER_VELOCITY] = self.outer.velocity
         self._lock = threading.Lock()
         self._rng = np.random.default_rng(learner.config.seed)
         self._round = 0
@@ -267,6 +282,11 @@ class Collaboration:
                     return report.merged
 
                 self.merged += self.learner.apply(merge)
+            if self.outer is not None and steps and not self.catching_up:
+                with self.learner.locked() as model:
+                    w = flatten(model)
+                    self.outer.step(w)  # every round, merged or not
+                    assign(model, w)
             if isinstance(self.rule, GoSGD):
                 self.learner.mixing_state["alpha"] = self.rule.alpha
             if self.publish_transform is not None:
@@ -312,6 +332,9 @@ class Collaboration:
                 return report.merged
 
             self.merged += self.learner.apply(adopt)
+            if self.outer is not None:
+                with self.learner.locked() as model:
+                    self.outer.restart(flatten(model))  # the adopted trajectory is not ours
             self._joined()
         elif connected:
             self._peers_since = now if self._peers_since is None else self._peers_since

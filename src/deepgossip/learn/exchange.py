@@ -55,7 +55,7 @@ class UpdateMessage:
 @message("learn.pull", signed=True, key_field="public_key")
 @dataclass(frozen=True, slots=True)
 class PullRequest:
-    """"Send me your current model": a late joiner or a reconnected node catching up."""
+    """ "Send me your current model": a late joiner or a reconnected node catching up."""
 
     public_key: bytes
 

@@ -124,6 +124,10 @@ class MixingConfig:
     let held-out noise in IID scores sway the weights more."""
     trust_decay: float = 0.9
     trust_max_advantage: float = 5.0
+    outer_momentum: float = 0.0
+    """Momentum across rounds on the merged model (:mod:`.outer_momentum`);
+    0 = off, the rule's merge as it is. The merge stays convex; the momentum is
+    a step of the node's own, taken after it."""
 
     def __post_init__(self) -> None:
         if self.rule not in RULES:
@@ -134,6 +138,8 @@ class MixingConfig:
             raise ValueError("period and fanout must be >= 1")
         if not self.window >= 0:
             raise ValueError(f"window must be >= 0, got {self.window}")
+        if not 0.0 <= self.outer_momentum < 1.0:
+            raise ValueError(f"outer_momentum must be in [0, 1), got {self.outer_momentum}")
 
 
 @dataclass
