@@ -206,3 +206,30 @@ def test_a_lone_first_node_stops_waiting_after_the_timeout(tmp_path: Path, digit
     c.after_round(learner.train_round().steps, 5.0)
     assert not c.catching_up
     assert c.after_round(learner.train_round().steps, 6.0) is not None
+
+
+def test_a_collaboration_with_outer_momentum_learns_and_keeps_its_velocity(
+    tmp_path: Path, digits: Dataset
+) -> None:
+    section = {"rule": "average", "push_period": 10, "outer_momentum": 0.5}
+    config = CollaborationConfig.from_section(section)
+    assert config.mixing.outer_momentum == 0.5
+    a = _learner(tmp_path, "a", digits, (0, 1, 2, 3, 4))
+    b = _learner(tmp_path, "b", digits, (5, 6, 7, 8, 9))
+    ca = Collaboration(a, config, b"a" * 16, catch_up_timeout=0.0)
+    cb = Collaboration(b, config, b"b" * 16, catch_up_timeout=0.0)
+    for step in range(30):
+        for mine, theirs, learner in ((ca, cb, a), (cb, ca, b)):
+            update = mine.after_round(learner.train_round().steps, float(step))
+            if update is not None:
+                theirs.offer(update, float(step))
+    for learner in (a, b):
+        predicted = np.asarray(learner.predict(digits.test_images)).argmax(axis=1)
+        assert float(np.mean(predicted == digits.test_labels)) > 0.75  # alone: ~0.5
+    # The velocity lives in the learner's checkpointed mixing tensors ...
+    assert ca.outer is not None
+    velocity = a.mixing_tensors["outer_momentum.velocity"]
+    assert velocity is ca.outer.velocity and float(velocity.abs().sum()) > 0
+    # ... and a collaboration rebuilt on the learner (a restart) resumes it.
+    again = Collaboration(a, config, b"a" * 16, catch_up_timeout=0.0)
+    assert again.outer is not None and torch.equal(again.outer.velocity, velocity)
