@@ -53,14 +53,6 @@ def test_a_defense_with_its_options_and_the_blacklist() -> None:
     assert local.defense is not None and local.blacklist is None
 
 
-@pytest.mark.parametrize(("rule", "agree"), [("average", 1), ("trust", 1), ("gosgd", 2)])
-def test_auror_agree_defaults_by_mixing_rule(rule: str, agree: int) -> None:
-    parsed = settings(learning={"rule": rule}, defense={"name": "auror"})
-    assert parsed.defense is not None and parsed.defense.auror_agree == agree
-    explicit = settings(learning={"rule": rule}, defense={"name": "auror", "auror_agree": 3})
-    assert explicit.defense is not None and explicit.defense.auror_agree == 3
-
-
 def test_polling_is_accepted_with_the_blacklist() -> None:
     """Node processes poll (through trust.polling.LoopPoller) like the simulator."""
     parsed = settings(

@@ -102,7 +102,6 @@ def parse_references(text: str) -> tuple[str, ...]:
         raise ValueError(f"unknown references {unknown}; choose from {choices} or none")
     return names
 
-
 _MALICIOUS_STREAM = 0x706F6973
 """Seed-sequence tag of the choice of malicious nodes (independent of the rest)."""
 
@@ -166,8 +165,6 @@ class PoisoningSettings:
         if unknown:
             raise ValueError(f"unknown references {sorted(unknown)}; choose from {REFERENCES}")
         self.learning  # validates optimizer and schedule  # noqa: B018
-        # Resolved here so the JSON's settings say what ran.
-        object.__setattr__(self, "defense", self.defense.for_mixing(self.mixing_config.rule))
 
     @classmethod
     def from_learning(

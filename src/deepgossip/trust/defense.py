@@ -83,7 +83,6 @@ from deepgossip.trust.robust import RULES as ROBUST_RULES
 from deepgossip.trust.robust import NotEnoughPeers, RobustConfig, aggregate
 
 __all__ = [
-    "AUROR_AGREE_BY_RULE",
     "DEFENSE_NAMES",
     "FALLBACKS",
     "GOSGD_RULES",
@@ -99,12 +98,6 @@ FALLBACKS: Final = ("keep", "mean")
 
 GOSGD_RULES: Final = ("mean", "clipping", "balance")
 """Robust rules that work one update at a time (GoSGD); the others need a set."""
-
-AUROR_AGREE_BY_RULE: Final = {"average": 1, "trust": 1}
-"""``DefenseConfig.auror_agree`` when unset, by mixing rule (see that field)."""
-
-AUROR_AGREE_FALLBACK: Final = 2
-"""``auror_agree`` under any other mixing rule (``gosgd``), or unresolved."""
 
 DEFENSE_NAMES: Final = ("none", "auror", *ROBUST_RULES)
 """Parts a defence name is built from (joined with ``+``, e.g. ``auror+clipping``)."""
@@ -140,27 +133,15 @@ class DefenseConfig:
     model they reached 0.28 and were never flagged (tau 0.6). Per tensor, the
     first layer cannot hide the others. The price is more chances for a false
     flag (one per tensor), which ``auror_agree`` pays back."""
-    auror_agree: int | None = None
+    auror_agree: int = 2
     """With per-tensor detectors, how many must have convicted a peer before the
     node does (and how many must agree for its suspicion to count, see
-    :meth:`Defense.suspicion`); capped at the number of detectors. A flag by
-    any single detector still drops that one update.
-
-    None (the default) picks by mixing rule (:meth:`for_mixing`): 1 under
-    ``average`` and ``trust``, 2 under ``gosgd`` (and for a :class:`Defense`
-    built from an unresolved config). Why they differ: under averaging every
-    node judges all peers' updates of the same round, trained from models the
-    last merge made nearly equal, so honest updates sit close together and one
-    tensor's outlier is telling. There, one detector was needed to catch three
-    colluding targeted attackers (Bhagoji, Fashion-MNIST: recall 0.14 with 2,
-    1.0 with 1) and convicted no honest node with or without attacks, IID or
-    Dirichlet. Under GoSGD a node judges sporadic pushes from models that
-    drifted apart by different amounts; with one detector enough, an honest
-    drifting node was blacklisted network-wide (digits, 3 label flippers),
-    while label flippers were convicted by three to five tensors at once. The
-    averaging figures were measured with every peer mixed each round; an
-    ``average`` deployment with a small fanout drifts like GoSGD and should set
-    2 (docs/trust.md)."""
+    :meth:`Defense.suspicion`); capped at the number of detectors. 2: label
+    flippers were convicted by three to five tensors at once on the MNIST MLP,
+    while with any single tensor convicting alone an honest GoSGD node that
+    drifted from the others was blacklisted network-wide (digits, 10 nodes, 3
+    label flippers, with or without them); one detector over the whole model
+    spared it. A flag by any single detector still drops that one update."""
     robust: RobustConfig = field(default_factory=RobustConfig)
     """The robust rule applied after the filters; ``mean`` (the default) is the
     undefended average, i.e. no robust rule."""
@@ -189,16 +170,10 @@ class DefenseConfig:
     skipping one merge costs little."""
 
     def __post_init__(self) -> None:
-        if self.auror_agree is not None and self.auror_agree < 1:
-            raise ValueError("auror_agree must be >= 1 (or None: by mixing rule)")
+        if self.auror_agree < 1:
+            raise ValueError("auror_agree must be >= 1")
         if self.fallback not in FALLBACKS:
             raise ValueError(f"fallback must be one of {FALLBACKS}, got {self.fallback!r}")
-
-    def for_mixing(self, rule: str) -> DefenseConfig:
-        """This config with ``auror_agree`` chosen for the mixing ``rule`` if unset."""
-        if self.auror_agree is not None:
-            return self
-        return replace(self, auror_agree=AUROR_AGREE_BY_RULE.get(rule, AUROR_AGREE_FALLBACK))
 
     @property
     def active(self) -> bool:
@@ -436,8 +411,7 @@ class Defense:
     @property
     def agree(self) -> int:
         """Detectors that must agree to convict (``auror_agree``, capped)."""
-        wanted = self.config.auror_agree or AUROR_AGREE_FALLBACK
-        return max(1, min(wanted, len(self.detectors)))
+        return max(1, min(self.config.auror_agree, len(self.detectors)))
 
     @property
     def blacklisted(self) -> frozenset[bytes]:

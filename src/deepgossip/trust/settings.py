@@ -7,7 +7,7 @@ model, and a :class:`~deepgossip.trust.blacklist.BlacklistCore` into its node::
     [defense]
     name = "auror+clipping"   # none (default) | auror | median | trimmed_mean | krum |
                               # multi_krum | clipping | balance | auror+<rule>
-    auror_agree = 2           # any other DefenseConfig field (unset: by mixing rule)
+    auror_agree = 2           # any other DefenseConfig field
     polling = false           # ask neighbours about borderline peers (needs the blacklist)
     [defense.auror]           # AurorConfig fields
     tau = 0.6
@@ -84,8 +84,7 @@ class TrustSettings:
             return cls()
         if "learning" not in sections:
             raise SessionError(f"{where}: [defense] needs [learning]: nothing to defend")
-        rule = _check_mixing(defense, sections["learning"], where)
-        defense = defense.for_mixing(rule)
+        _check_mixing(defense, sections["learning"], where)
         if defense.polling and not defense.blacklist:
             raise SessionError(
                 f"{where}: [defense] polling needs the gossiped blacklist (neighbours "
@@ -142,8 +141,7 @@ def _defense(table: object, where: str) -> DefenseConfig:
         raise SessionError(f"{where}: [defense]: {exc}") from exc
 
 
-def _check_mixing(defense: DefenseConfig, learning: object, where: str) -> str:
-    """Refuse a robust rule the mixing rule cannot run; return the mixing rule."""
+def _check_mixing(defense: DefenseConfig, learning: object, where: str) -> None:
     from deepgossip.learn.mixing import MixingConfig
     from deepgossip.trust.defense import GOSGD_RULES
 
@@ -155,7 +153,6 @@ def _check_mixing(defense: DefenseConfig, learning: object, where: str) -> str:
             f"at a time, so its robust rule must be one of {', '.join(GOSGD_RULES)}; "
             "use [learning] rule = 'average' for median, trimmed_mean or krum"
         )
-    return str(rule)
 
 
 def _blacklist(table: object, where: str) -> BlacklistConfig:
