@@ -141,7 +141,11 @@ class DefenseConfig:
     while with any single tensor convicting alone an honest GoSGD node that
     drifted from the others was blacklisted network-wide (digits, 10 nodes, 3
     label flippers, with or without them); one detector over the whole model
-    spared it. A flag by any single detector still drops that one update."""
+    spared it. Under averaging with every peer, 1 stops three colluding
+    targeted attackers that 2 misses, but it also convicted two honest nodes
+    locally against Fashion-MNIST label flippers (docs/benchmarks.md), so no
+    single value serves every case yet. A flag by any single detector still
+    drops that one update."""
     robust: RobustConfig = field(default_factory=RobustConfig)
     """The robust rule applied after the filters; ``mean`` (the default) is the
     undefended average, i.e. no robust rule."""
