@@ -59,6 +59,9 @@ def test_label_flippers_are_blacklisted_network_wide_while_honest_nodes_learn() 
             for rounds, by in nodes.values()
         )
         assert min(rounds for rounds, _ in nodes.values()) == 0.0  # the first detection
+    verdicts = result["local_verdicts"]  # every conviction, by whom and when
+    assert len(verdicts) >= 3 and {v["peer"] for v in verdicts} == set(result["malicious_nodes"])
+    assert all(v["judge"] in honest and v["round"] > 0 for v in verdicts)
     # ... and no honest node is blacklisted anywhere, with or without an attack.
     assert result["honest_blacklisted"] == 0
     assert result["reference"]["no_attack_honest_blacklisted"] == 0

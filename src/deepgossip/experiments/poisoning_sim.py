@@ -357,6 +357,8 @@ class _Record:
     """peer -> first local verdict about it at any honest node."""
     ever_listed: set[bytes] = field(default_factory=set)
     """Peers blacklisted by some honest node at some time."""
+    verdicts: list[tuple[float, int, bytes]] = field(default_factory=list)
+    """Every local conviction by an honest node: (time, judge index, peer)."""
 
 
 def _simulate(
@@ -574,6 +576,7 @@ def _make_defense(
         now = node.host.runtime.now()
         peer = conviction.peer_id
         record.first_local[peer] = min(record.first_local.get(peer, math.inf), now)
+        record.verdicts.append((now, index, peer))
         if node.blacklist is not None:
             node.accuse(peer, conviction.suspicion, conviction.evidence, conviction.reason)
         else:  # verdicts stay local: the detector's list is the node's list
@@ -671,6 +674,13 @@ def _detection(
         "first_detection_virtual_s": first_detection,
         "honest_blacklisted": len(record.ever_listed & honest_ids),
         "blacklist_timeline": _timeline(honest, bad_ids, index_of, record, gossip_interval),
+        # Who convicted whom on its own, and when (rounds of virtual time since
+        # the start): false convictions show here before any spread.
+        "local_verdicts": [
+            {"round": round(t - start, 2), "judge": judge, "peer": index_of[peer]}
+            for t, judge, peer in record.verdicts
+            if peer in index_of
+        ],
         "blacklists": {
             str(i): sorted(index_of[b] for b in listed if b in index_of)
             for i, listed in lists.items()
