@@ -180,6 +180,44 @@ def test_per_tensor_detectors_must_agree_to_convict() -> None:
     assert alone.agree == 1
 
 
+def test_one_detector_convicts_alone_only_at_the_solo_score() -> None:
+    """``auror_solo``: a peer flagged by one tensor at every evaluation is convicted
+    once that detector's score reaches 3.0 (five flags: 1, 1.75, 2.31, 2.73,
+    3.05); one flagged every other evaluation settles near 2.0 and never is."""
+    groups = [200, 200]
+    convictions: list[Conviction] = []
+    defense = Defense(
+        DefenseConfig(auror=True, auror_solo=3.0),
+        size=SIZE,
+        groups=groups,
+        on_verdict=convictions.append,
+    )
+    rng = np.random.default_rng(3)
+    steady, sometimes = peer_id(1), peer_id(2)
+    convicted_at = None
+    for rnd in range(16):
+        ups = []
+        for i in range(9):
+            v = rng.normal(0, 0.01, SIZE)
+            if i == 0:
+                v[:200] += 0.2  # the first tensor, every time
+            if i == 1 and rnd % 2 == 0:
+                v[200:] += 0.2  # the second tensor, every other time
+            ups.append(dense(v, peer_id(i + 1), rnd=rnd))
+        defense.screen(torch.zeros(SIZE), ups)
+        if convictions and convicted_at is None:
+            convicted_at = rnd
+    assert [c.peer_id for c in convictions] == [steady]
+    assert convicted_at == 4  # the fifth evaluation
+    assert convictions[0].suspicion == pytest.approx(min(1.0, 3.05 / 4), abs=0.01)
+    assert not defense.is_blacklisted(sometimes)
+    # Past the conviction threshold at times (2.29 after a flag), never near 3.0.
+    assert 1.5 < defense.detectors[1].suspicion(sometimes) < 2.5
+    assert not defense.detectors[1].is_blacklisted(sometimes)
+    with pytest.raises(ValueError, match="auror_solo"):
+        DefenseConfig(auror=True, auror_solo=1.0)  # below the conviction threshold
+
+
 def test_honest_crowds_are_never_dropped() -> None:
     rng = np.random.default_rng(1)
     convictions: list[Conviction] = []

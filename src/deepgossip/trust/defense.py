@@ -146,6 +146,15 @@ class DefenseConfig:
     locally against Fashion-MNIST label flippers (docs/benchmarks.md), so no
     single value serves every case yet. A flag by any single detector still
     drops that one update."""
+    auror_solo: float | None = None
+    """Raw AUROR score at which a single tensor's detector convicts alone, even
+    when ``auror_agree`` asks for more (None: never). The detectors then keep
+    scoring a peer past ``blacklist_threshold`` up to this score. Why: a
+    targeted attacker hidden in all tensors but one is flagged there at every
+    evaluation, so its score climbs towards ``1 / (1 - decay)`` (4.0); an
+    honest peer that one small tensor flags about half the time settles near
+    2.0 (its steady state at a 50% flag rate). 3.0 is five flags in a row, or
+    three evaluations in four (docs/benchmarks.md)."""
     robust: RobustConfig = field(default_factory=RobustConfig)
     """The robust rule applied after the filters; ``mean`` (the default) is the
     undefended average, i.e. no robust rule."""
@@ -176,6 +185,11 @@ class DefenseConfig:
     def __post_init__(self) -> None:
         if self.auror_agree < 1:
             raise ValueError("auror_agree must be >= 1")
+        threshold = self.auror_config.blacklist_threshold
+        if self.auror_solo is not None and not self.auror_solo >= threshold:
+            raise ValueError(
+                f"auror_solo must be at least the detectors' blacklist_threshold ({threshold})"
+            )
         if self.fallback not in FALLBACKS:
             raise ValueError(f"fallback must be one of {FALLBACKS}, got {self.fallback!r}")
 
@@ -395,7 +409,11 @@ class Defense:
             sub_seed = int(rng.integers(2**63)) if k < n else 0
             coords = offset + sample_coordinates(n, k, sub_seed)
             parts.append(coords)
-            self.detectors.append(AurorDetector(replace(cfg, max_features=k, seed=group)))
+            self.detectors.append(
+                AurorDetector(
+                    replace(cfg, max_features=k, seed=group, blacklist_threshold=self._sticky)
+                )
+            )
             self._slices.append(slice(start, start + coords.size))
             start += coords.size
         if not parts:  # a tiny model: one detector over everything
@@ -411,6 +429,21 @@ class Defense:
     def detector(self) -> AurorDetector | None:
         """The first (with one group, the only) AUROR detector; None without AUROR."""
         return self.detectors[0] if self.detectors else None
+
+    @property
+    def _sticky(self) -> float:
+        """The score at which a detector blacklists a peer on its own (and stops
+        judging it): the conviction threshold, or the solo one when set."""
+        solo = self.config.auror_solo
+        return solo if solo is not None else self.config.auror_config.blacklist_threshold
+
+    def _convicts(self, peer: bytes) -> bool:
+        """``auror_agree`` detectors at the threshold, or one alone at ``auror_solo``."""
+        threshold = self.config.auror_config.blacklist_threshold
+        scores = [(d.is_blacklisted(peer), d.suspicion(peer)) for d in self.detectors]
+        if sum(sticky or s >= threshold for sticky, s in scores) >= self.agree:
+            return True
+        return self.config.auror_solo is not None and any(sticky for sticky, _ in scores)
 
     @property
     def agree(self) -> int:
@@ -437,8 +470,9 @@ class Defense:
         polls and own-evidence adoption read the detector on the scale they
         expect (:mod:`.blacklist`'s wiring example).
         """
+        threshold = self.config.auror_config.blacklist_threshold
         scores = [
-            d.suspicion(peer_id) / (2.0 * d.config.blacklist_threshold)
+            d.suspicion(peer_id) / (2.0 * threshold)
             for d in self.detectors
             if d.has_judged(peer_id)
         ]
@@ -605,17 +639,16 @@ class Defense:
             judged |= bool(verdict.judged)
             for peer in verdict.flagged:
                 flagged[peer] = max(flagged.get(peer, 0.0), verdict.fractions[peer])
-            candidates |= verdict.blacklisted
-        newly = {
-            peer
-            for peer in candidates
-            if sum(d.is_blacklisted(peer) for d in self.detectors) >= self.agree
-        }
+            candidates |= verdict.blacklisted | verdict.judged
+        newly = {peer for peer in candidates - self._convicted if self._convicts(peer)}
         self._convicted |= newly
-        # Convicted by one detector: the others forget it, so that its old
-        # vectors do not shape their clusterings while they would age out (the
-        # convicting detector keeps the score that :meth:`suspicion` reports).
+        # Convicted: the detectors that did not blacklist it themselves forget
+        # it, so that its old vectors do not shape their clusterings while they
+        # would age out; its score stays with the sticky ones, else frozen.
         for peer in newly:
+            score = self.suspicion(peer)
+            if not any(d.is_blacklisted(peer) for d in self.detectors) and score is not None:
+                self._frozen[peer] = score
             for det in self.detectors:
                 if not det.is_blacklisted(peer):
                     det.forget(peer)
