@@ -153,7 +153,10 @@ def test_per_tensor_detectors_must_agree_to_convict() -> None:
     groups = [200, 200]
     convictions: list[Conviction] = []
     defense = Defense(
-        DefenseConfig(auror=True), size=SIZE, groups=groups, on_verdict=convictions.append
+        DefenseConfig(auror=True, auror_solo=None),  # no single-detector conviction
+        size=SIZE,
+        groups=groups,
+        on_verdict=convictions.append,
     )
     assert len(defense.detectors) == 2 and defense.agree == 2
     rng = np.random.default_rng(3)
@@ -187,7 +190,7 @@ def test_one_detector_convicts_alone_only_at_the_solo_score() -> None:
     groups = [200, 200]
     convictions: list[Conviction] = []
     defense = Defense(
-        DefenseConfig(auror=True, auror_solo=3.0),
+        DefenseConfig(auror=True),  # auror_solo = 3.0 by default
         size=SIZE,
         groups=groups,
         on_verdict=convictions.append,

@@ -146,15 +146,18 @@ class DefenseConfig:
     locally against Fashion-MNIST label flippers (docs/benchmarks.md), so no
     single value serves every case yet. A flag by any single detector still
     drops that one update."""
-    auror_solo: float | None = None
+    auror_solo: float | None = 3.0
     """Raw AUROR score at which a single tensor's detector convicts alone, even
     when ``auror_agree`` asks for more (None: never). The detectors then keep
     scoring a peer past ``blacklist_threshold`` up to this score. Why: a
     targeted attacker hidden in all tensors but one is flagged there at every
     evaluation, so its score climbs towards ``1 / (1 - decay)`` (4.0); an
     honest peer that one small tensor flags about half the time settles near
-    2.0 (its steady state at a 50% flag rate). 3.0 is five flags in a row, or
-    three evaluations in four (docs/benchmarks.md)."""
+    2.0 (its steady state at a 50% flag rate), and with one detector convicting
+    at 2.0 two such honest nodes were convicted against Fashion-MNIST label
+    flippers. 3.0 is five flags in a row, or three evaluations in four: it
+    stopped three colluding targeted attackers (recall 0.14 without it) and
+    convicted no honest node there (docs/benchmarks.md)."""
     robust: RobustConfig = field(default_factory=RobustConfig)
     """The robust rule applied after the filters; ``mean`` (the default) is the
     undefended average, i.e. no robust rule."""
