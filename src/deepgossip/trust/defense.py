@@ -143,9 +143,9 @@ class DefenseConfig:
     label flippers, with or without them); one detector over the whole model
     spared it. Under averaging with every peer, 1 stops three colluding
     targeted attackers that 2 misses, but it also convicted two honest nodes
-    locally against Fashion-MNIST label flippers (docs/benchmarks.md), so no
-    single value serves every case yet. A flag by any single detector still
-    drops that one update."""
+    locally against Fashion-MNIST label flippers (docs/benchmarks.md);
+    ``auror_solo`` catches those attackers without that cost. A flag by any
+    single detector still drops that one update."""
     auror_solo: float | None = 3.0
     """Raw AUROR score at which a single tensor's detector convicts alone, even
     when ``auror_agree`` asks for more (None: never). The detectors then keep
