@@ -171,10 +171,11 @@ def test_bench_poisoning_cli_passes_defense_options(tmp_path: Path) -> None:
     args = ["bench", "poisoning", "--nodes", "8", "--dataset", "digits", "--rounds", "1"]
     args += ["--steps-per-round", "1", "--attack", "sign_flip", "--defense", "multi_krum"]
     args += ["--defense-option", "f=2", "--defense-option", "drop_flagged=false"]
+    args += ["--defense-option", "auror_solo=none"]
     result = CliRunner().invoke(main, [*args, "--json", str(out)])
     assert result.exit_code == 0, result.output
     defense = json.loads(out.read_text())["settings"]["defense"]
     assert defense["robust"]["rule"] == "multi_krum" and defense["robust"]["f"] == 2
-    assert defense["drop_flagged"] is False
+    assert defense["drop_flagged"] is False and defense["auror_solo"] is None
     bad = CliRunner().invoke(main, [*args, "--defense-option", "bogus=1"])
     assert bad.exit_code != 0 and "bogus" in bad.output

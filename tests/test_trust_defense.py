@@ -219,6 +219,11 @@ def test_one_detector_convicts_alone_only_at_the_solo_score() -> None:
     assert not defense.detectors[1].is_blacklisted(sometimes)
     with pytest.raises(ValueError, match="auror_solo"):
         DefenseConfig(auror=True, auror_solo=1.0)  # below the conviction threshold
+    with pytest.raises(ValueError, match="auror_solo"):
+        DefenseConfig(auror=True, auror_solo="often")  # type: ignore[arg-type]
+    # Sessions (TOML has no null) and --defense-option turn it off with "none".
+    assert DefenseConfig(auror=True, auror_solo="none").auror_solo is None  # type: ignore[arg-type]
+    assert DefenseConfig.from_section({"name": "auror", "auror_solo": "none"}).auror_solo is None
 
 
 def test_honest_crowds_are_never_dropped() -> None:

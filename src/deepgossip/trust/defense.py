@@ -157,7 +157,8 @@ class DefenseConfig:
     at 2.0 two such honest nodes were convicted against Fashion-MNIST label
     flippers. 3.0 is five flags in a row, or three evaluations in four: it
     stopped three colluding targeted attackers (recall 0.14 without it) and
-    convicted no honest node there (docs/benchmarks.md)."""
+    convicted no honest node there (docs/benchmarks.md). ``"none"`` (how a
+    session or ``--defense-option`` writes None) turns it off."""
     robust: RobustConfig = field(default_factory=RobustConfig)
     """The robust rule applied after the filters; ``mean`` (the default) is the
     undefended average, i.e. no robust rule."""
@@ -188,6 +189,12 @@ class DefenseConfig:
     def __post_init__(self) -> None:
         if self.auror_agree < 1:
             raise ValueError("auror_agree must be >= 1")
+        if isinstance(self.auror_solo, str) and self.auror_solo.lower() == "none":
+            # TOML has no null: sessions and --defense-option say "none".
+            object.__setattr__(self, "auror_solo", None)
+        solo = self.auror_solo
+        if solo is not None and (not isinstance(solo, int | float) or isinstance(solo, bool)):
+            raise ValueError(f"auror_solo must be a number or 'none', got {solo!r}")
         threshold = self.auror_config.blacklist_threshold
         if self.auror_solo is not None and not self.auror_solo >= threshold:
             raise ValueError(
