@@ -102,6 +102,7 @@ def parse_references(text: str) -> tuple[str, ...]:
         raise ValueError(f"unknown references {unknown}; choose from {choices} or none")
     return names
 
+
 _MALICIOUS_STREAM = 0x706F6973
 """Seed-sequence tag of the choice of malicious nodes (independent of the rest)."""
 
@@ -194,6 +195,14 @@ class PoisoningSettings:
     @property
     def malicious_count(self) -> int:
         return round(self.malicious * self.nodes)
+
+    @property
+    def separate_references(self) -> tuple[str, ...]:
+        """The references that need a simulation of their own: without an attack
+        the no-attack reference *is* the main run, and so is the no-defence one
+        without a defence."""
+        differs = {"no_attack": self.attack.name != "none", "no_defense": self.defense.active}
+        return tuple(name for name in self.references if differs[name])
 
     @property
     def learning(self) -> LearningSimSettings:
@@ -737,16 +746,17 @@ def run_poisoning_sim(
     attacking = settings.attack.name != "none"
     main = _simulate(settings, data, malicious, settings.attack, settings.defense, progress)
     no_attack = no_defense = None
+    separate = settings.separate_references
     if "no_attack" in settings.references:
         no_attack = (
             _simulate(settings, data, malicious, AttackConfig(), settings.defense, progress)
-            if attacking
+            if "no_attack" in separate
             else main
         )
     if "no_defense" in settings.references:
         no_defense = (
             _simulate(settings, data, malicious, settings.attack, DefenseConfig(), progress)
-            if settings.defense.active
+            if "no_defense" in separate
             else main
         )
     result: dict[str, Any] = {
@@ -909,11 +919,7 @@ def run_poisoning_cli(
         references=parse_references(references),
         **options,
     )
-    runs = (
-        1
-        + ("no_attack" in settings.references and settings.attack.name != "none")
-        + ("no_defense" in settings.references and settings.defense.active)
-    )
+    runs = 1 + len(settings.separate_references)
     with tqdm(total=settings.rounds * settings.nodes * runs, desc="rounds", unit="round") as bar:
         result = run_poisoning_sim(settings, progress=bar.update)
     ref = result.get("reference", {})

@@ -184,14 +184,14 @@ without its item id). May raise ``ValueError`` if the gossip layer refuses."""
 LivePeersFn = Callable[[], Sequence[tuple[bytes, Address]]]
 """Live members other than this node, as ``(node_id, address)`` pairs."""
 SuspicionFn = Callable[[bytes, Sequence[Evidence]], "float | None"]
-EvidenceFn = Callable[[bytes], Sequence[Evidence]]
-"""``own_evidence(peer_id) -> evidence``: what the local detector holds against a
-peer, most telling first (attached to our endorsements; may be empty)."""
 """``own_suspicion(peer_id, evidence) -> score in [0, 1] or None`` (no opinion).
 
 The local detector's view of a peer. ``evidence`` is the evidence of the
 accusation being considered, so a detector may check whether it scored the same
 update digests; it is empty for polls and periodic reviews."""
+EvidenceFn = Callable[[bytes], Sequence[Evidence]]
+"""``own_evidence(peer_id) -> evidence``: what the local detector holds against a
+peer, most telling first (attached to our endorsements; may be empty)."""
 
 Verdict = Literal["local", "quorum", "own_evidence"]
 """Why a peer is blacklisted: our own detector, enough accusers, or accusers
@@ -765,8 +765,8 @@ class BlacklistCore:
             self._endorsed.pop(peer, None)
             return []
         own = self._own(peer, evidence) if verdict is not None else None
-        if self.config.endorse and own is not None and peer not in self._endorsed:
-            if own < self.config.own_evidence_threshold:
+        if own is not None and own >= self.config.own_evidence_threshold:
+            if not self.config.endorse or peer in self._endorsed:
                 return []
             found = tuple(self._own_evidence(peer)) if self._own_evidence is not None else ()
             limit = self.config.limits.max_evidence
@@ -774,8 +774,7 @@ class BlacklistCore:
             self._endorsed[peer] = local
             self.events["endorsed"] += 1
             return self._spread(self._sign(peer, local, withdraw=False, now=now), now)
-        backed = own is not None and own >= self.config.own_evidence_threshold
-        if not backed and peer in self._endorsed:
+        if peer in self._endorsed:
             local = self._endorsed.pop(peer)
             self.events["endorsements_withdrawn"] += 1
             retraction = _Local(local.reason, 0.0, (), now)

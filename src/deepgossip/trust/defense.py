@@ -196,7 +196,7 @@ class DefenseConfig:
         if solo is not None and (not isinstance(solo, int | float) or isinstance(solo, bool)):
             raise ValueError(f"auror_solo must be a number or 'none', got {solo!r}")
         threshold = self.auror_config.blacklist_threshold
-        if self.auror_solo is not None and not self.auror_solo >= threshold:
+        if solo is not None and not solo >= threshold:
             raise ValueError(
                 f"auror_solo must be at least the detectors' blacklist_threshold ({threshold})"
             )
