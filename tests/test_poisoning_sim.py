@@ -46,6 +46,9 @@ def test_label_flippers_are_blacklisted_network_wide_while_honest_nodes_learn() 
     # Every honest node ignores every attacker (by its own verdict or a quorum) ...
     assert result["detection"] == {"precision": 1.0, "recall": 1.0}
     assert result["rounds_to_blacklist_all"] is not None
+    # Knowing (holding a signed accusation) comes no later than blacklisting.
+    assert 0 <= result["rounds_to_know_all"] <= result["rounds_to_blacklist_all"]
+    assert result["rounds_to_know_each_max"] <= result["rounds_to_blacklist_each_max"]
     honest = set(range(10)) - set(result["malicious_nodes"])
     assert {int(i) for i in result["blacklists"]} == honest
     assert all(v == result["malicious_nodes"] for v in result["blacklists"].values())
@@ -105,6 +108,7 @@ def test_bench_poisoning_cli_writes_the_json(tmp_path: Path) -> None:
         "honest_accuracy_min",
         "attack_success",
         "rounds_to_blacklist_all",
+        "rounds_to_know_all",
         "honest_blacklisted",
         "seconds",
     ):

@@ -296,6 +296,8 @@ def test_replayed_old_and_future_accusations_are_dropped() -> None:
     core.on_item(delivered(accuse(IDS[3], ME), IDS[3]))
     assert core.dropped == {"replayed": 2, "too_old": 1, "from_future": 1, "about_self": 1}
     assert core.accusers_of(ACCUSED.node_id) == tuple(sorted([IDS[1].node_id, IDS[2].node_id]))
+    assert core.accused() == {ACCUSED.node_id}  # it stands accused here ...
+    assert not core.is_blacklisted(ACCUSED.node_id)  # ... by fewer than a quorum
 
 
 def test_memory_per_accuser_is_bounded() -> None:

@@ -64,6 +64,7 @@ from deepgossip.experiments.learning_sim import (
     _set_lr,
     _train_config,
 )
+from deepgossip.gossip.events import ItemDelivered
 from deepgossip.learn.data import load_dataset, to_tensors
 from deepgossip.learn.exchange import UpdateExchange, UpdateReceived
 from deepgossip.learn.mixing import MixingConfig, MixingRule, make_rule
@@ -75,6 +76,7 @@ from deepgossip.learn.train import accuracy, make_optimizer, train_steps
 from deepgossip.net.sim import LinkModel, SimNetwork
 from deepgossip.node import Node
 from deepgossip.session import Session
+from deepgossip.trust.accusation import ACCUSATION_KIND
 from deepgossip.trust.blacklist import (
     BlacklistConfig,
     PeerBlacklisted,
@@ -368,6 +370,9 @@ class _Record:
     """Peers blacklisted by some honest node at some time."""
     verdicts: list[tuple[float, int, bytes]] = field(default_factory=list)
     """Every local conviction by an honest node: (time, judge index, peer)."""
+    known: dict[tuple[int, bytes], float] = field(default_factory=dict)
+    """(honest node, peer) -> when the node first knew the peer stood accused:
+    it held a signed accusation that counts there, or blacklisted the peer."""
 
 
 def _simulate(
@@ -621,7 +626,14 @@ def _on_event(peer: _Peer, event: Any, now: float, record: _Record) -> None:
             peer.recent.append(event.update)
     elif peer.attack is not None:
         return  # attackers' own blacklists are not the experiment's concern
+    elif isinstance(event, ItemDelivered) and event.kind == ACCUSATION_KIND:
+        # The node's own listener (registered first) has taken the item in.
+        blacklist = peer.node.blacklist
+        if blacklist is not None:
+            for accused in blacklist.accused():
+                record.known.setdefault((peer.index, accused), now)
     elif isinstance(event, PeerBlacklisted):
+        record.known.setdefault((peer.index, event.peer_id), now)
         record.listed[(peer.index, event.peer_id)] = now
         record.how[(peer.index, event.peer_id)] = event.by
         record.ever_listed.add(event.peer_id)
@@ -663,23 +675,21 @@ def _detection(
 
     rounds_all: float | None = None
     rounds_each: float | None = None
-    every = bool(bad_ids) and all(bad_ids <= lists[p.index] for p in honest)
-    if every and record.first_local:
-        times = [record.listed.get((p.index, b), math.nan) for p in honest for b in bad_ids]
-        if not any(math.isnan(t) for t in times):
-            first = min(record.first_local.values())
-            rounds_all = (max(times) - first) / gossip_interval
-            per = []
-            for b in bad_ids:
-                done = max(record.listed[(p.index, b)] for p in honest)
-                per.append((done - record.first_local.get(b, first)) / gossip_interval)
-            rounds_each = max(per)
+    if all(bad_ids <= lists[p.index] for p in honest):  # listed at the end, and when
+        rounds_all, rounds_each = _spread_rounds(
+            record.listed, honest, bad_ids, record, gossip_interval
+        )
+    know_all, know_each = _spread_rounds(record.known, honest, bad_ids, record, gossip_interval)
     first_detection = min(record.first_local.values()) - start if record.first_local else None
     index_of = {node_id: i for i, node_id in enumerate(ids)}
     return {
         "detection": {"precision": precision, "recall": recall},
         "rounds_to_blacklist_all": rounds_all,
         "rounds_to_blacklist_each_max": rounds_each,
+        # Dissemination alone: until every honest node holds a signed accusation
+        # against every attacker (adopting it may wait for evidence or a quorum).
+        "rounds_to_know_all": know_all,
+        "rounds_to_know_each_max": know_each,
         "first_detection_virtual_s": first_detection,
         "honest_blacklisted": len(record.ever_listed & honest_ids),
         "blacklist_timeline": _timeline(honest, bad_ids, index_of, record, gossip_interval),
@@ -695,6 +705,31 @@ def _detection(
             for i, listed in lists.items()
         },
     }
+
+
+def _spread_rounds(
+    times: Mapping[tuple[int, bytes], float],
+    honest: list[_Peer],
+    bad_ids: set[bytes],
+    record: _Record,
+    gossip_interval: float,
+) -> tuple[float | None, float | None]:
+    """Gossip rounds from the first local detection until every honest node
+    reached a state (``times``: when it did, per node and attacker) about every
+    attacker, and the worst such delay counted per attacker from its own first
+    detection; None when some node never got there."""
+    if not bad_ids or not record.first_local:
+        return None, None
+    if any((p.index, b) not in times for p in honest for b in bad_ids):
+        return None, None
+    first = min(record.first_local.values())
+    overall = (max(times[(p.index, b)] for p in honest for b in bad_ids) - first) / gossip_interval
+    per = [
+        (max(times[(p.index, b)] for p in honest) - record.first_local.get(b, first))
+        / gossip_interval
+        for b in bad_ids
+    ]
+    return overall, max(per)
 
 
 def _timeline(

@@ -512,6 +512,10 @@ class BlacklistCore:
                 reasons.append(held[accuser].reason)
         return BlacklistEntry(peer_id, listed.by, listed.since, tuple(sorted(held)), tuple(reasons))
 
+    def accused(self) -> frozenset[bytes]:
+        """Peers that someone's counting accusation names here, blacklisted or not."""
+        return frozenset(self._held)
+
     def accusers_of(self, peer_id: bytes) -> tuple[bytes, ...]:
         """Distinct accusers whose records about ``peer_id`` currently count."""
         return tuple(sorted(self._held.get(peer_id, ())))
