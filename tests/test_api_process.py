@@ -151,3 +151,27 @@ def test_restart_after_sigkill_keeps_data_model_and_identity(
     assert second.proc.wait(30) == 0
     assert (data_dir / "checkpoint.safetensors").exists()
     assert "Traceback" not in log.read_text()
+
+
+def test_a_restarted_node_still_ignores_the_peers_it_convicted(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    """The verdicts file written at a conviction is read back at start (a real
+    process; the conviction itself is simulated by writing the file)."""
+    from deepgossip.trust.blacklist import LocalVerdict
+    from deepgossip.trust.verdict_store import VERDICTS_FILE, save_verdicts
+
+    session, data_dir, log = tmp_path / "session.toml", tmp_path / "node", tmp_path / "node.log"
+    session.write_text(SESSION + '\n[defense]\nname = "auror"\n')
+    data_dir.mkdir()
+    convicted = bytes(range(16))
+    save_verdicts(data_dir / VERDICTS_FILE, [LocalVerdict(convicted, "auror", 0.7, ())])
+    node = NodeProcess(session, data_dir, log)
+    nodes.append(node)
+    client = Client(node.url, token_file=data_dir / "api-token", app_id="verdicts-test")
+    trust = client.status()["trust"]
+    assert trust["blacklisted"] == [convicted.hex()]
+    assert trust["blacklist"]["blacklisted"][convicted.hex()]["by"] == "local"
+    node.proc.send_signal(signal.SIGTERM)
+    assert node.proc.wait(30) == 0
+    assert "restored 1 local verdicts" in log.read_text()

@@ -30,9 +30,10 @@ driven by the events the cores emit.
 
 from __future__ import annotations
 
+import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +54,7 @@ from deepgossip.trust.blacklist import (
     BlacklistConfig,
     BlacklistCore,
     EvidenceFn,
+    LocalVerdict,
     PeerBlacklisted,
     PeerUnblacklisted,
     SuspicionFn,
@@ -64,6 +66,8 @@ from deepgossip.wire.session import SessionKey
 if TYPE_CHECKING:
     from deepgossip.learn.collaboration import DefenseSummary
     from deepgossip.learn.learner import Learner
+
+log = logging.getLogger(__name__)
 
 OPEN_SESSION_SECRET = "deepgossip/open-session/v1"
 """Key material of sessions without a join secret. Public by design: an open
@@ -255,6 +259,21 @@ class Node:
             raise RuntimeError("this node has no blacklist (Node(..., blacklist=...))")
         now = self.host.runtime.now()
         self.host.execute(self.blacklist.local_verdict(peer_id, suspicion, evidence, now, reason))
+
+    def restore_verdicts(self, verdicts: Iterable[LocalVerdict]) -> int:
+        """Re-issue local verdicts saved before a restart (:mod:`.trust.verdict_store`):
+        each peer is blacklisted again and accused with a freshly signed record.
+        Returns how many were restored; one that the core refuses (our own id,
+        say) is logged and skipped."""
+        restored = 0
+        for verdict in verdicts:
+            try:
+                self.accuse(verdict.peer_id, verdict.suspicion, verdict.evidence, verdict.reason)
+            except ValueError as exc:
+                log.warning("not restoring the verdict on %s: %s", verdict.peer_id.hex(), exc)
+            else:
+                restored += 1
+        return restored
 
     def reconsider_accusations(self) -> None:
         """The local detector's evidence changed: adopt held accusations it now backs."""

@@ -56,6 +56,7 @@ from deepgossip.session import Session, SessionError
 from deepgossip.tracker.client import HttpCall
 from deepgossip.trust.blacklist import PeerBlacklisted, PeerUnblacklisted
 from deepgossip.trust.settings import TrustSettings
+from deepgossip.trust.verdict_store import VERDICTS_FILE, load_verdicts, save_verdicts
 from deepgossip.wire.identity import Identity
 
 if TYPE_CHECKING:
@@ -394,6 +395,8 @@ async def run_node(options: NodeOptions, ready: asyncio.Event | None = None) -> 
             blacklist=trust.blacklist,
         )
         tasks: set[asyncio.Task[None]] = set()
+        verdicts_path = options.data_dir / VERDICTS_FILE
+        restoring = False
         learning = await _start_learning(node, options.data_dir, trust, attack)
 
         def on_event(event: Any) -> None:
@@ -408,6 +411,11 @@ async def run_node(options: NodeOptions, ready: asyncio.Event | None = None) -> 
                 )
             if isinstance(event, PeerBlacklisted):
                 log.warning("blacklisted peer %s (%s)", event.peer_id.hex(), event.by)
+                if event.by == "local" and node.blacklist is not None and not restoring:
+                    try:  # a conviction survives a restart (trust/verdict_store.py)
+                        save_verdicts(verdicts_path, node.blacklist.local_verdicts())
+                    except OSError as exc:
+                        log.error("could not save verdicts to %s: %s", verdicts_path, exc)
             elif isinstance(event, PeerUnblacklisted):
                 log.warning("peer %s no longer blacklisted (%s)", event.peer_id.hex(), event.why)
             if isinstance(event, HttpCall):
@@ -416,6 +424,13 @@ async def run_node(options: NodeOptions, ready: asyncio.Event | None = None) -> 
                 task.add_done_callback(tasks.discard)
 
         node.host.subscribe(on_event)
+        if node.blacklist is not None:
+            # No save while restoring: a crash half-way must not shorten the file.
+            restoring = True
+            restored = node.restore_verdicts(load_verdicts(verdicts_path))
+            restoring = False
+            if restored:
+                log.warning("restored %d local verdicts from %s", restored, verdicts_path)
         runtime.set_receiver(address, _lossy(node.host.receive, options.inject_loss))
         auth = ApiAuth(write_token(options.data_dir), options.data_dir / APP_FILE)
         api_runner = web.AppRunner(build_app(node, auth=auth), access_log=None)

@@ -167,6 +167,7 @@ __all__ = [
     "BlacklistEntry",
     "EvidenceFn",
     "LivePeersFn",
+    "LocalVerdict",
     "PeerBlacklisted",
     "PeerUnblacklisted",
     "PollDecided",
@@ -366,6 +367,17 @@ class PollDecided:
 
 
 @dataclass(frozen=True, slots=True)
+class LocalVerdict:
+    """One of our own standing convictions: what :meth:`BlacklistCore.local_verdict`
+    was given, as :mod:`~deepgossip.trust.verdict_store` keeps it across restarts."""
+
+    peer_id: bytes
+    reason: str
+    suspicion: float
+    evidence: tuple[Evidence, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class BlacklistEntry:
     """A blacklisted peer, as :meth:`BlacklistCore.entry` reports it."""
 
@@ -511,6 +523,13 @@ class BlacklistCore:
             if held[accuser].reason not in reasons:
                 reasons.append(held[accuser].reason)
         return BlacklistEntry(peer_id, listed.by, listed.since, tuple(sorted(held)), tuple(reasons))
+
+    def local_verdicts(self) -> tuple[LocalVerdict, ...]:
+        """Our standing convictions, oldest first: what a restart must not forget."""
+        return tuple(
+            LocalVerdict(peer, local.reason, local.suspicion, local.evidence)
+            for peer, local in self._local.items()
+        )
 
     def accused(self) -> frozenset[bytes]:
         """Peers that someone's counting accusation names here, blacklisted or not."""
