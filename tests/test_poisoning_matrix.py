@@ -87,7 +87,7 @@ def test_a_bad_cell_fails_before_anything_runs(tmp_path: Path) -> None:
 
 def test_defense_and_attack_options_reach_every_cell() -> None:
     from deepgossip.attacks.behaviour import AttackConfig
-    from deepgossip.experiments.poisoning_sim import cli_defense
+    from deepgossip.experiments.poisoning_cli import cli_defense
 
     base = PoisoningSettings(
         nodes=4,

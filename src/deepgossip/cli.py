@@ -297,7 +297,7 @@ _defense_option = click.option(
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
 def bench_poisoning(**options: Any) -> None:
     """Malicious nodes against a defence, with the no-attack and no-defence references."""
-    from deepgossip.experiments.poisoning_sim import run_poisoning_cli
+    from deepgossip.experiments.poisoning_cli import run_poisoning_cli
 
     try:
         run_poisoning_cli(**options)

@@ -26,11 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from deepgossip.experiments.baseline import write_json
-from deepgossip.experiments.poisoning_sim import (
-    PoisoningSettings,
-    run_poisoning_sim,
-    settings_from_cli,
-)
+from deepgossip.experiments.poisoning_cli import settings_from_cli
+from deepgossip.experiments.poisoning_sim import PoisoningSettings, run_poisoning_sim
 from deepgossip.experiments.scenario_poisoning import ATTACK_ALIASES, num, pct
 from deepgossip.trust.defense import DefenseConfig
 

@@ -47,7 +47,7 @@ import math
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from dataclasses import fields as dataclass_fields
 from typing import Any
@@ -55,7 +55,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from deepgossip.attacks.behaviour import Attack, AttackConfig, make_attack, parse_options
+from deepgossip.attacks.behaviour import Attack, AttackConfig, make_attack
 from deepgossip.attacks.targeted import attack_success
 from deepgossip.experiments.learning_sim import (
     CURVE_SUBSET,
@@ -84,25 +84,12 @@ from deepgossip.trust.blacklist import (
     PollDecided,
 )
 from deepgossip.trust.defense import Conviction, Defense, DefenseConfig
-from deepgossip.trust.robust import RobustConfig
 from deepgossip.wire.identity import Identity
 
-__all__ = ["PoisoningSettings", "run_poisoning_cli", "run_poisoning_sim"]
+__all__ = ["REFERENCES", "PoisoningSettings", "run_poisoning_sim"]
 
 REFERENCES = ("no_attack", "no_defense")
 """The reference simulations :func:`run_poisoning_sim` can run besides the main one."""
-
-
-def parse_references(text: str) -> tuple[str, ...]:
-    """``"no_attack,no_defense"`` -> the tuple; ``"none"`` or ``""`` -> no reference."""
-    names = tuple(name.strip() for name in text.split(",") if name.strip())
-    if names in ((), ("none",)):
-        return ()
-    unknown = sorted(set(names) - set(REFERENCES))
-    if unknown:
-        choices = ", ".join(REFERENCES)
-        raise ValueError(f"unknown references {unknown}; choose from {choices} or none")
-    return names
 
 
 _MALICIOUS_STREAM = 0x706F6973
@@ -841,134 +828,3 @@ def _settings_dict(settings: PoisoningSettings) -> dict[str, Any]:
     out["mixing"] = asdict(settings.mixing_config)
     out["defense"] = {**asdict(settings.defense), "name": settings.defense.name}
     return out
-
-
-def cli_mixing(
-    rule: str, fanout: int | None, push_prob: float, steps_per_round: int, nodes: int
-) -> MixingConfig | None:
-    """The mixing of the poisoning commands' ``--rule/--fanout/--push-prob``; None is
-    the default (``average`` with every peer each round). A rule pushes once per
-    round; ``gosgd`` to one peer unless told otherwise, ``average`` to all."""
-    if rule == "average" and fanout is None:
-        return None
-    return MixingConfig(
-        rule=rule,
-        push_prob=push_prob,
-        period=steps_per_round,
-        fanout=fanout if fanout is not None else (1 if rule == "gosgd" else max(1, nodes - 1)),
-    )
-
-
-def cli_attack(options: Sequence[str], **fields: Any) -> AttackConfig:
-    """The poisoning commands' attack: their flags (``fields``) overridden by
-    ``--attack-option KEY=VALUE`` (any :class:`AttackConfig` field)."""
-    return AttackConfig.from_section({**fields, **parse_options(options)})
-
-
-def cli_defense(name: str, options: Sequence[str], **flags: Any) -> DefenseConfig:
-    """``--defense NAME --defense-option KEY=VALUE ...``: keys of
-    :class:`~deepgossip.trust.robust.RobustConfig` set the robust rule's
-    parameters, any other key a :class:`DefenseConfig` field."""
-    values = parse_options(options)
-    robust_keys = {f.name for f in dataclass_fields(RobustConfig)} - {"rule"}
-    robust = RobustConfig(**{k: v for k, v in values.items() if k in robust_keys})
-    rest = {k: v for k, v in values.items() if k not in robust_keys}
-    known = {f.name for f in dataclass_fields(DefenseConfig)} - {"auror", "robust"}
-    unknown = sorted(set(rest) - known)
-    if unknown:
-        raise ValueError(f"unknown defence options: {', '.join(unknown)}")
-    return DefenseConfig.from_name(name, robust=robust, **{**flags, **rest})
-
-
-def settings_from_cli(
-    *,
-    attack: str,
-    defense: str,
-    rule: str,
-    fanout: int | None,
-    push_prob: float,
-    boost: float,
-    target_class: int,
-    source_class: int | None,
-    attack_options: Sequence[str] = (),
-    defense_options: Sequence[str] = (),
-    defense_flags: Mapping[str, Any] | None = None,
-    **options: Any,
-) -> PoisoningSettings:
-    """The settings of the poisoning commands (``bench poisoning``,
-    ``bench poisoning-matrix``) from their flags; ``options`` are the
-    :class:`PoisoningSettings` fields they pass through unchanged."""
-    nodes = options["nodes"]
-    return PoisoningSettings(
-        mixing=cli_mixing(rule, fanout, push_prob, options["steps_per_round"], nodes),
-        attack=cli_attack(
-            attack_options,
-            name=attack,
-            boost=boost,
-            target_class=target_class,
-            source_class=source_class,
-            num_nodes=nodes,
-            num_malicious=max(1, round(options["malicious"] * nodes)),
-            seed=options["seed"],
-        ),
-        defense=cli_defense(defense, defense_options, **(defense_flags or {})),
-        **options,
-    )
-
-
-def run_poisoning_cli(
-    *,
-    json_path: str | None,
-    attack: str,
-    defense: str,
-    rule: str,
-    fanout: int | None,
-    push_prob: float,
-    boost: float,
-    target_class: int,
-    source_class: int | None,
-    attack_options: Sequence[str],
-    defense_options: Sequence[str],
-    polling: bool,
-    no_blacklist: bool,
-    references: str,
-    **options: Any,
-) -> dict[str, Any]:
-    """Entry point of ``deepgossip bench poisoning``."""
-    from tqdm import tqdm
-
-    from deepgossip.experiments.baseline import write_json
-
-    settings = settings_from_cli(
-        attack=attack,
-        defense=defense,
-        rule=rule,
-        fanout=fanout,
-        push_prob=push_prob,
-        boost=boost,
-        target_class=target_class,
-        source_class=source_class,
-        attack_options=attack_options,
-        defense_options=defense_options,
-        defense_flags={"polling": polling, "blacklist": not no_blacklist},
-        references=parse_references(references),
-        **options,
-    )
-    runs = 1 + len(settings.separate_references)
-    with tqdm(total=settings.rounds * settings.nodes * runs, desc="rounds", unit="round") as bar:
-        result = run_poisoning_sim(settings, progress=bar.update)
-    ref = result.get("reference", {})
-    det = result["detection"]
-    print(
-        f"{result['nodes']} nodes, {result['malicious']:.0%} {result['attack']} vs "
-        f"{result['defense']} ({result['dataset']}/{result['model']}/{result['partition']}): "
-        f"honest accuracy {result['honest_accuracy_mean']:.4f} (min "
-        f"{result['honest_accuracy_min']:.4f}); no attack "
-        f"{ref.get('no_attack_accuracy_mean', math.nan):.4f}, no defence "
-        f"{ref.get('no_defense_accuracy_mean', math.nan):.4f}; precision {det['precision']}, "
-        f"recall {det['recall']}; rounds to blacklist all {result['rounds_to_blacklist_all']}; "
-        f"honest blacklisted {result['honest_blacklisted']}; {result['seconds']:.0f} s"
-    )
-    if json_path:
-        write_json(result, json_path)
-    return result
