@@ -171,8 +171,11 @@ class DefenseConfig:
     """Before dropping a flagged update of a peer whose suspicion is borderline,
     ask a few neighbours (:meth:`~.blacklist.BlacklistCore.poll`) and hold the
     update until they decide. Off by default: it delays such updates by up to
-    a poll timeout, and AUROR's decayed suspicion already forgives isolated
-    false flags; turn it on where honest peers are flagged often (non-IID)."""
+    a poll timeout, AUROR's decayed suspicion already forgives isolated false
+    flags, and measured against label flippers (docs/benchmarks.md) it did not
+    help: most polls came just before the attackers' conviction, when the
+    neighbours were no surer than the poller, and the majority kept 22 of 23
+    held updates, most of them the attackers'."""
     drop_flagged: bool = True
     """Drop the update of a peer flagged by the current AUROR evaluation even
     before its suspicion reaches the blacklist threshold. The AUROR paper
