@@ -75,17 +75,9 @@ item of another kind was handed in), and, for polls,
 ``duplicate_reply``, ``voter_blacklisted``, ``unexpected_message``.
 
 **Polling.** Before discarding a *borderline* update (:meth:`is_borderline`)
-the caller asks :meth:`BlacklistCore.poll`: ``poll_size`` random live
-neighbours (never the peer in question, never a blacklisted one) get a signed
-``trust.poll`` and answer a signed ``trust.poll_reply`` with their own view
-(blacklisted? suspicion score?). A reply votes *discard* when the neighbour has
-the peer blacklisted or its suspicion reaches ``suspicion_threshold``, *keep*
-below, and abstains without an opinion. The poll ends when every neighbour has
-answered or at ``poll_timeout``, with a :class:`PollDecided` event: the majority
-of votes decides, a tie keeps the update, and no vote at all falls back on the
-caller's ``default_discard``. Replies are authenticated by the frame codec (the
-messages declare ``key_field``: the key in the message must hash to the frame's
-sender), and only the neighbours asked, once each, are counted.
+the caller asks :meth:`BlacklistCore.poll`; the polls themselves (who is
+asked, how votes count, when a poll ends) are
+:mod:`~deepgossip.trust.neighbour_polls`.
 
 **Wiring into a node** (``node.py``; the integrator's part)::
 
@@ -146,7 +138,7 @@ from fractions import Fraction
 from typing import Any, Final, Literal
 
 from deepgossip.gossip.events import ItemDelivered
-from deepgossip.net.runtime import Address, Effect, Send
+from deepgossip.net.runtime import Address, Effect
 from deepgossip.trust.accusation import (
     ACCUSATION_KIND,
     MAX_SEQ,
@@ -157,8 +149,13 @@ from deepgossip.trust.accusation import (
     open_accusation,
     sign_accusation,
 )
-from deepgossip.wire.identity import NODE_ID_SIZE, PUBLIC_KEY_SIZE, node_id_of
-from deepgossip.wire.message import message
+from deepgossip.trust.neighbour_polls import (
+    NeighbourPolls,
+    PollDecided,
+    PollReply,
+    PollRequest,
+)
+from deepgossip.wire.identity import NODE_ID_SIZE
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -298,31 +295,6 @@ class BlacklistConfig:
 DEFAULT_CONFIG: Final = BlacklistConfig()
 
 
-# -- messages -------------------------------------------------------------------------
-
-
-@message("trust.poll", signed=True, key_field="public_key")
-@dataclass(frozen=True, slots=True)
-class PollRequest:
-    """What is your view of ``accused``? Signed: the poller's key is in it."""
-
-    public_key: bytes
-    poll_id: int
-    accused: bytes
-
-
-@message("trust.poll_reply", signed=True, key_field="public_key")
-@dataclass(frozen=True, slots=True)
-class PollReply:
-    """A neighbour's view: blacklisted there? its suspicion (None: no opinion)."""
-
-    public_key: bytes
-    poll_id: int
-    accused: bytes
-    blacklisted: bool
-    suspicion: float | None = None
-
-
 # -- events ---------------------------------------------------------------------------
 
 
@@ -346,24 +318,6 @@ class PeerUnblacklisted:
 
     peer_id: bytes
     why: str
-
-
-@dataclass(frozen=True, slots=True)
-class PollDecided:
-    """The outcome of :meth:`BlacklistCore.poll` ``poll_id`` about ``peer_id``.
-
-    ``discard``: the majority of votes says discard the update; a tie keeps it;
-    no vote at all (no neighbour, no reply, only abstentions) gives the caller's
-    default. ``votes_for`` are votes to discard.
-    """
-
-    poll_id: int
-    peer_id: bytes
-    discard: bool
-    votes_for: int
-    votes_against: int
-    abstained: int
-    unanswered: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -416,18 +370,6 @@ class _Local:
 class _Listed:
     by: Verdict
     since: float
-
-
-@dataclass(slots=True)
-class _Poll:
-    peer_id: bytes
-    deadline: float
-    asked: dict[bytes, Address]
-    default_discard: bool
-    answered: set[bytes] = field(default_factory=set)
-    votes_for: int = 0
-    votes_against: int = 0
-    abstained: int = 0
 
 
 def _no_opinion(peer_id: bytes, evidence: Sequence[Evidence]) -> float | None:
@@ -496,8 +438,17 @@ class BlacklistCore:
         self._local: dict[bytes, _Local] = {}
         self._endorsed: dict[bytes, _Local] = {}  # our endorsements (own evidence)
         self._listed: dict[bytes, _Listed] = {}
-        self._polls: dict[int, _Poll] = {}
-        self._poll_heap: list[tuple[float, int]] = []  # lazy-deletion heap
+        self._polls = NeighbourPolls(
+            node_id=self.node_id,
+            public_key=self.public_key,
+            config=config,
+            rng=rng,
+            live_peers=live_peers,
+            is_blacklisted=self.is_blacklisted,
+            own_suspicion=self._own,
+            dropped=self.dropped,
+            events=self.events,
+        )
         self._next_review = math.inf
         self._peak_n = 0  # high-water mark of n_estimate (see "Adopting")
 
@@ -815,115 +766,20 @@ class BlacklistCore:
         follows (at once when no neighbour can be asked or too many polls are
         open). ``default_discard``: the outcome when no vote arrives.
         """
-        peer_id = bytes(peer_id)
-        poll_id = self._rng.getrandbits(62)
-        while poll_id in self._polls:
-            poll_id = self._rng.getrandbits(62)
-        self.events["polls"] += 1
-        poll = _Poll(peer_id, now + self.config.poll_timeout, {}, default_discard)
-        if len(self._polls) >= self.config.max_open_polls:
-            self.events["poll_overflow"] += 1
-            return poll_id, [self._decide(poll_id, poll)]
-        candidates: dict[bytes, Address] = {}
-        for node_id, address in self._live_peers():
-            if node_id != peer_id and node_id != self.node_id and node_id not in self._listed:
-                candidates[bytes(node_id)] = address
-        chosen = self._rng.sample(sorted(candidates), min(self.config.poll_size, len(candidates)))
-        if not chosen:
-            return poll_id, [self._decide(poll_id, poll)]
-        poll.asked = {node_id: candidates[node_id] for node_id in chosen}
-        self._polls[poll_id] = poll
-        heapq.heappush(self._poll_heap, (poll.deadline, poll_id))
-        request = PollRequest(self.public_key, poll_id, peer_id)
-        return poll_id, [Send(address, request) for address in poll.asked.values()]
-
-    def _decide(self, poll_id: int, poll: _Poll) -> PollDecided:
-        self._polls.pop(poll_id, None)
-        if poll.votes_for == poll.votes_against == 0:
-            discard = poll.default_discard  # nobody had an opinion: the caller's call
-        else:
-            discard = poll.votes_for > poll.votes_against  # a tie keeps the update
-        self.events["polls_discard" if discard else "polls_keep"] += 1
-        return PollDecided(
-            poll_id,
-            poll.peer_id,
-            discard,
-            poll.votes_for,
-            poll.votes_against,
-            poll.abstained,
-            len(poll.asked) - len(poll.answered),
-        )
-
-    def _on_poll(self, src: Address, msg: PollRequest) -> list[Effect]:
-        if (
-            len(msg.public_key) != PUBLIC_KEY_SIZE
-            or len(msg.accused) != NODE_ID_SIZE
-            or not 0 <= msg.poll_id <= MAX_SEQ
-        ):
-            self.dropped["malformed_poll"] += 1
-            return []
-        if node_id_of(msg.public_key) in self._listed:
-            self.dropped["poller_blacklisted"] += 1
-            return []
-        suspicion: float | None = None
-        if msg.accused != self.node_id:
-            suspicion = self._own(msg.accused, ())
-            if suspicion is not None:
-                # Keep the reply decodable and meaningful whatever the detector says.
-                suspicion = None if math.isnan(suspicion) else min(1.0, max(0.0, suspicion))
-        self.events["polls_answered"] += 1
-        reply = PollReply(
-            self.public_key, msg.poll_id, msg.accused, self.is_blacklisted(msg.accused), suspicion
-        )
-        return [Send(src, reply)]
-
-    def _on_reply(self, msg: PollReply) -> list[Effect]:
-        poll = self._polls.get(msg.poll_id)
-        if poll is None or poll.peer_id != msg.accused or len(msg.public_key) != PUBLIC_KEY_SIZE:
-            self.dropped["unsolicited_reply"] += 1
-            return []
-        voter = node_id_of(msg.public_key)
-        if voter not in poll.asked:
-            self.dropped["unsolicited_reply"] += 1
-            return []
-        if voter in poll.answered:
-            self.dropped["duplicate_reply"] += 1
-            return []
-        if voter in self._listed:  # blacklisted since we asked: its vote is void
-            self.dropped["voter_blacklisted"] += 1
-            return []
-        poll.answered.add(voter)
-        if msg.blacklisted:
-            poll.votes_for += 1
-        elif msg.suspicion is None or not math.isfinite(msg.suspicion):
-            poll.abstained += 1
-        elif msg.suspicion >= self.config.suspicion_threshold:
-            poll.votes_for += 1
-        else:
-            poll.votes_against += 1
-        if len(poll.answered) == len(poll.asked):
-            return [self._decide(msg.poll_id, poll)]
-        return []
+        return self._polls.start(bytes(peer_id), now, default_discard)
 
     # -- the sans-I/O contract --------------------------------------------------------
 
     def handle(self, src: Address, msg: Any, now: float) -> list[Effect]:
         if isinstance(msg, PollRequest):
-            return self._on_poll(src, msg)
+            return self._polls.answer(src, msg)
         if isinstance(msg, PollReply):
-            return self._on_reply(msg)
+            return self._polls.on_reply(msg)
         self.dropped["unexpected_message"] += 1
         return []
 
     def tick(self, now: float) -> list[Effect]:
-        out: list[Effect] = []
-        # Polls past their deadline end with the votes that arrived.
-        while self._poll_heap and self._poll_heap[0][0] <= now:
-            _, poll_id = heapq.heappop(self._poll_heap)
-            poll = self._polls.get(poll_id)
-            if poll is not None:  # else: decided early, all neighbours answered
-                self.events["poll_timeouts"] += 1
-                out.append(self._decide(poll_id, poll))
+        out = self._polls.expire(now)
         # Records past their age stop counting; their replay floors go with them
         # (a replay would now be refused as too old anyway).
         expired: list[bytes] = []
@@ -954,9 +810,7 @@ class BlacklistCore:
         return out
 
     def next_deadline(self) -> float:
-        deadline = self._next_review
-        if self._poll_heap:
-            deadline = min(deadline, self._poll_heap[0][0])
+        deadline = min(self._next_review, self._polls.next_deadline())
         if self._expiry:
             deadline = min(deadline, self._expiry[0][0])
         if self._local or self._endorsed:
