@@ -493,3 +493,35 @@ def test_nodes_without_a_blacklist_are_unchanged() -> None:
     assert node.blacklist is None and not node.is_blacklisted(b"x" * 16)
     with pytest.raises(RuntimeError):
         node.accuse(b"x" * 16, 1.0, ())
+
+
+def _stealthy_rounds(memory: float, bad: set[int], rounds: int = 15) -> set[bytes]:
+    """Peers convicted when ``bad`` push one honest sigma the same way every round."""
+    rng = np.random.default_rng(4)
+    convicted: list[Conviction] = []
+    defense = Defense(
+        DefenseConfig(auror=True, auror_memory=memory),
+        size=SIZE,
+        seed=2,
+        on_verdict=convicted.append,
+    )
+    for rnd in range(1, rounds + 1):
+        ups = []
+        for i in range(10):
+            v = rng.normal(0, 0.01, SIZE) + (0.01 if i in bad else 0.0)
+            ups.append(dense(v, peer_id(i + 1), rnd=rnd))
+        defense.screen(torch.zeros(SIZE), ups)
+    return {c.peer_id for c in convicted}
+
+
+def test_memory_exposes_a_push_too_small_for_any_single_round() -> None:
+    bad = {1, 5, 8}
+    assert _stealthy_rounds(0.0, bad) == set()  # one sigma per round: never indicative
+    assert _stealthy_rounds(0.9, bad) == {peer_id(i + 1) for i in bad}
+    assert _stealthy_rounds(0.9, set()) == set()  # honest noise accumulates, stays a crowd
+
+
+@pytest.mark.parametrize("memory", [-0.1, 1.0, 1.5])
+def test_memory_must_be_below_one(memory: float) -> None:
+    with pytest.raises(ValueError, match="auror_memory"):
+        DefenseConfig(auror=True, auror_memory=memory)
