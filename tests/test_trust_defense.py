@@ -525,3 +525,35 @@ def test_memory_exposes_a_push_too_small_for_any_single_round() -> None:
 def test_memory_must_be_below_one(memory: float) -> None:
     with pytest.raises(ValueError, match="auror_memory"):
         DefenseConfig(auror=True, auror_memory=memory)
+
+
+def _lagging_rounds(bad: set[int], stale: int, rounds: int = 15) -> set[bytes]:
+    """Our model walks along ``g``; peer ``stale`` is always one step behind us,
+    ``bad`` ones push a consistent one-sigma bias along another direction."""
+    rng = np.random.default_rng(6)
+    g = rng.normal(0, 0.01, SIZE)
+    h = rng.normal(0, 0.01, SIZE)
+    convicted: list[Conviction] = []
+    defense = Defense(
+        DefenseConfig(auror=True, auror_memory=0.9), size=SIZE, seed=2, on_verdict=convicted.append
+    )
+    for rnd in range(1, rounds + 1):
+        local = rnd * g
+        ups = []
+        for i in range(10):
+            v = local + rng.normal(0, 0.01, SIZE)
+            if i == stale:
+                v = v - g  # its update left before our last step: it trails by one
+            if i in bad:
+                v = v + h
+            ups.append(dense(v, peer_id(i + 1), rnd=rnd))
+        defense.screen(torch.from_numpy(local.astype(np.float32)), ups)
+    return {c.peer_id for c in convicted}
+
+
+def test_memory_ignores_a_peer_that_only_lags_behind(monkeypatch: pytest.MonkeyPatch) -> None:
+    bad = {2, 6, 9}
+    assert _lagging_rounds(bad, stale=4) == {peer_id(i + 1) for i in bad}
+    # Without removing the lag, it adds up and the honest laggard is convicted too.
+    monkeypatch.setattr(Defense, "_without_staleness", lambda self, deviation: deviation)
+    assert peer_id(5) in _lagging_rounds(bad, stale=4)

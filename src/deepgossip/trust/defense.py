@@ -106,6 +106,12 @@ MAX_EVIDENCE: Final = 8
 """Flagged updates remembered per peer as accusation evidence (newest last); the
 accusation format accepts a bounded number and the newest are the most telling."""
 
+MOVEMENT_SMOOTHING: Final = 0.5
+"""Weight of the older movement when ``auror_memory`` tracks our own path (an
+exponential average of our steps between screens). With the last step alone
+(0) a node still convicted an honest peer on a Dirichlet split; 0.5 did not
+(docs/benchmarks.md, "Other seeds")."""
+
 
 @dataclass(frozen=True)
 class DefenseConfig:
@@ -406,6 +412,8 @@ class Defense:
                 self._initial = initial.detach()[self._coords_t].numpy().astype(np.float64)
         self._public: dict[bytes, np.ndarray] = {}
         self._drift: dict[bytes, np.ndarray] = {}  # accumulated deviations (auror_memory)
+        self._last_own: np.ndarray | None = None  # our coordinates at the previous screen
+        self._movement: np.ndarray | None = None  # and how far they moved since
         self._frozen: dict[bytes, float] = {}  # suspicion of peers blacklisted elsewhere
         self._convicted: set[bytes] = set()  # our verdicts (enough detectors agreed)
         self._evidence: dict[bytes, list[Evidence]] = {}
@@ -634,15 +642,53 @@ class Defense:
 
     def _features(self, local: torch.Tensor, update: SparseUpdate) -> np.ndarray:
         """``v_j[C] - w[C]``, the peer's public state ``v_j`` against ours (see the
-        module docstring), accumulated over its updates with ``auror_memory``."""
+        module docstring); with ``auror_memory``, without its staleness and
+        accumulated over the peer's updates."""
         deviation = self._deviation(local, update)
         memory = self.config.auror_memory
         if memory > 0.0:
+            deviation = self._without_staleness(deviation)
             previous = self._drift.get(update.origin)
             if previous is not None:
                 deviation = memory * previous + deviation
             self._drift[update.origin] = deviation
         return deviation
+
+    def _track_movement(self, local: torch.Tensor) -> None:
+        """Our own movement since the previous screen: the direction in which a
+        peer's model lags when its update is older than ours (``auror_memory``)."""
+        assert self._coords_t is not None
+        own = local.detach()[self._coords_t].numpy().astype(np.float64)
+        if self._last_own is not None:
+            step = own - self._last_own
+            if self._movement is None:
+                self._movement = step
+            else:  # one round's step also carries our own training noise: smooth it
+                self._movement = (
+                    MOVEMENT_SMOOTHING * self._movement + (1.0 - MOVEMENT_SMOOTHING) * step
+                )
+        self._last_own = own
+
+    def _without_staleness(self, deviation: np.ndarray) -> np.ndarray:
+        """``deviation`` minus its component along our last movement, per detector.
+
+        A node pushes before it merges, and rounds run at fixed phases, so one
+        peer's update always reaches us a fixed part of a round after another's:
+        its model trails ours along the network's common path by the same
+        amount every time. Accumulated, that honest lag convicted an honest
+        peer (docs/benchmarks.md, "Other seeds"). One direction per detector is
+        removed, out of thousands of coordinates.
+        """
+        movement = self._movement
+        if movement is None:
+            return deviation
+        out = deviation.copy()
+        for part in self._slices:
+            m = movement[part]
+            norm2 = float(m @ m)
+            if norm2 > 0.0:
+                out[part] -= (float(out[part] @ m) / norm2) * m
+        return out
 
     def _deviation(self, local: torch.Tensor, update: SparseUpdate) -> np.ndarray:
         assert self._coords is not None and self._coords_t is not None
@@ -666,6 +712,8 @@ class Defense:
     def _auror(
         self, local: torch.Tensor, batch: list[SparseUpdate], out: Screened
     ) -> list[SparseUpdate]:
+        if self.config.auror_memory > 0.0:
+            self._track_movement(local)
         for u in batch:
             features = self._features(local, u)
             for det, part in zip(self.detectors, self._slices, strict=True):
