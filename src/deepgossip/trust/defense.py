@@ -173,10 +173,13 @@ class DefenseConfig:
     ``1 / (1 - m)`` times itself while honest noise grows only to about
     ``1 / sqrt(1 - m^2)``. With seed 2, three colluding targeted attackers
     stayed inside the honest spread in every round and AUROR missed them;
-    ``m = 0.9`` convicted them within seven rounds. Off by default because
-    honest peers have persistent biases too (their data), and those add up
-    as well. In half of the runs measured with it on, a node convicted an
-    honest peer (docs/benchmarks.md, "Other seeds")."""
+    ``m = 0.9`` convicted them within seven rounds. Each deviation first
+    loses its component along our own recent movement: a peer whose update
+    always reaches us late trails along that path, and without this the
+    honest lag added up to false convictions in 3 of 6 runs. With it, 10
+    runs convicted every attacker and no honest peer. Still off by default:
+    not yet measured against its no-attack references, under GoSGD or in the
+    matrices (docs/benchmarks.md, "Other seeds")."""
     robust: RobustConfig = field(default_factory=RobustConfig)
     """The robust rule applied after the filters; ``mean`` (the default) is the
     undefended average, i.e. no robust rule."""
