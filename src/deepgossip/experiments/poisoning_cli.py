@@ -122,40 +122,21 @@ def settings_from_cli(
 def run_poisoning_cli(
     *,
     json_path: str | None,
-    attack: str,
-    defense: str,
-    rule: str,
-    fanout: int | None,
-    push_prob: float,
-    boost: float,
-    target_class: int,
-    source_class: int | None,
-    attack_options: Sequence[str],
-    defense_options: Sequence[str],
     polling: bool,
     no_blacklist: bool,
     references: str,
-    **options: Any,
+    **flags: Any,
 ) -> dict[str, Any]:
-    """Entry point of ``deepgossip bench poisoning``."""
+    """Entry point of ``deepgossip bench poisoning``; ``flags`` as
+    :func:`settings_from_cli` takes them."""
     from tqdm import tqdm
 
     from deepgossip.experiments.baseline import write_json
 
     settings = settings_from_cli(
-        attack=attack,
-        defense=defense,
-        rule=rule,
-        fanout=fanout,
-        push_prob=push_prob,
-        boost=boost,
-        target_class=target_class,
-        source_class=source_class,
-        attack_options=attack_options,
-        defense_options=defense_options,
         defense_flags={"polling": polling, "blacklist": not no_blacklist},
         references=parse_references(references),
-        **options,
+        **flags,
     )
     runs = 1 + len(settings.separate_references)
     with tqdm(total=settings.rounds * settings.nodes * runs, desc="rounds", unit="round") as bar:

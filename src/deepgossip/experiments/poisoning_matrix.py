@@ -229,33 +229,15 @@ def run_poisoning_matrix_cli(
     partitions: str,
     out: str,
     json_path: str | None,
-    rule: str,
-    fanout: int | None,
-    push_prob: float,
-    boost: float,
-    target_class: int,
-    source_class: int | None,
-    attack_options: Sequence[str] = (),
-    defense_options: Sequence[str] = (),
-    **options: Any,
+    **flags: Any,
 ) -> dict[str, Any]:
-    """Entry point of ``deepgossip bench poisoning-matrix``."""
+    """Entry point of ``deepgossip bench poisoning-matrix``; ``flags`` as
+    :func:`~.poisoning_cli.settings_from_cli` takes them, but for the attack and
+    the defence."""
     from tqdm import tqdm
 
     # The cells rename the attack and the defence; "none" carries their options.
-    base = settings_from_cli(
-        attack="none",
-        defense="none",
-        rule=rule,
-        fanout=fanout,
-        push_prob=push_prob,
-        boost=boost,
-        target_class=target_class,
-        source_class=source_class,
-        attack_options=attack_options,
-        defense_options=defense_options,
-        **options,
-    )
+    base = settings_from_cli(attack="none", defense="none", **flags)
     split = [a.split(",") for a in (attacks, defenses, partitions)]
     cells = matrix_settings(base, *split)  # validates every cell before the first runs
     with tqdm(total=len(cells) * base.rounds * base.nodes, desc="rounds", unit="round") as bar:
