@@ -108,9 +108,9 @@ accusation format accepts a bounded number and the newest are the most telling."
 
 MOVEMENT_SMOOTHING: Final = 0.5
 """Weight of the older movement when ``auror_memory`` tracks our own path (an
-exponential average of our steps between screens). With the last step alone
-(0) a node still convicted an honest peer on a Dirichlet split; 0.5 did not
-(docs/benchmarks.md, "Other seeds")."""
+exponential average of our steps between screens). In a prototype that used
+the last step alone (0), a node still convicted an honest peer on a Dirichlet
+split; with 0.5 it did not (docs/benchmarks.md, "Other seeds")."""
 
 
 @dataclass(frozen=True)
@@ -674,7 +674,7 @@ class Defense:
         self._last_own = own
 
     def _without_staleness(self, deviation: np.ndarray) -> np.ndarray:
-        """``deviation`` minus its component along our last movement, per detector.
+        """``deviation`` minus its component along our recent movement, per detector.
 
         A node pushes before it merges, and rounds run at fixed phases, so one
         peer's update always reaches us a fixed part of a round after another's:
