@@ -13,6 +13,7 @@ from deepgossip.cli import main
 from deepgossip.experiments.learning_sim import LearningSimSettings
 from deepgossip.experiments.poisoning_sim import (
     PoisoningSettings,
+    _success_excess,
     malicious_nodes,
     run_poisoning_sim,
 )
@@ -183,3 +184,24 @@ def test_bench_poisoning_cli_passes_defense_options(tmp_path: Path) -> None:
     assert defense["drop_flagged"] is False and defense["auror_solo"] is None
     bad = CliRunner().invoke(main, [*args, "--defense-option", "bogus=1"])
     assert bad.exit_code != 0 and "bogus" in bad.output
+
+
+def test_targeted_success_is_also_reported_above_the_clean_network() -> None:
+    settings = PoisoningSettings(
+        nodes=4,
+        dataset="digits",
+        rounds=2,
+        steps_per_round=2,
+        eval_every=2,
+        malicious=0.25,
+        attack=AttackConfig(name="targeted", boost=4.0),
+        defense=DefenseConfig(),
+        references=("no_attack",),
+    )
+    result = run_poisoning_sim(settings)
+    per_node = result["attack_success_per_node"]
+    assert len(per_node) == 3 and result["attack_success_max"] == max(per_node)
+    excess = result["attack_success_excess_max"]
+    assert 0.0 <= excess <= result["attack_success_max"]
+    # Node by node against the clean run (all nodes honest there, by index).
+    assert _success_excess([0.2, 0.4, 0.0], [0.2, 0.0, 0.6, 0.2], honest=[0, 1, 3]) == 0.4

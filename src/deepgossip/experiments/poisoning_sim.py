@@ -806,6 +806,12 @@ def run_poisoning_sim(
         result["accuracy_drop_vs_no_attack"] = (
             no_attack["honest_accuracy_mean"] - main["honest_accuracy_mean"]
         )
+        if no_attack is not main and main["attack_success_per_node"] is not None:
+            result["attack_success_excess_max"] = _success_excess(
+                main["attack_success_per_node"],
+                no_attack["attack_success_per_node"],
+                [i for i in range(settings.nodes) if not (attacking and i in malicious)],
+            )
     if no_defense is not None:
         reference.update(
             no_defense_accuracy_mean=no_defense["honest_accuracy_mean"],
@@ -821,6 +827,13 @@ def run_poisoning_sim(
     result["settings"] = _settings_dict(settings)
     result["seconds"] = time.perf_counter() - started
     return result
+
+
+def _success_excess(attacked: list[float], clean: list[float], honest: list[int]) -> float:
+    """The worst honest node's attack success above what the same node gives in
+    the no-attack run (where every node is honest, in index order): the target
+    images a clean network already mislabels are not the attacker's doing."""
+    return max(max(0.0, s - clean[i]) for s, i in zip(attacked, honest, strict=True))
 
 
 def _settings_dict(settings: PoisoningSettings) -> dict[str, Any]:
