@@ -246,7 +246,7 @@ def test_sparse_updates_are_judged_on_the_public_state() -> None:
         size=SIZE,
         origin=peer_id(1),
     )
-    features = defense._features(local, update)
+    features = defense._features(defense._own_coordinates(local), update)
     expected = initial.numpy().astype(np.float64) - local.numpy()
     expected[3], expected[10] = 7.0 - 4.0, 8.0 - 11.0
     assert np.allclose(features, expected)
@@ -257,7 +257,7 @@ def test_sparse_updates_are_judged_on_the_public_state() -> None:
         size=SIZE,
         origin=peer_id(1),
     )
-    features = defense._features(local, later)
+    features = defense._features(defense._own_coordinates(local), later)
     assert features[3] == pytest.approx(3.0) and features[10] == pytest.approx(-11.0)
 
 

@@ -644,11 +644,16 @@ class Defense:
             self._drift.pop(peer, None)
             self.stats["forgotten"] += 1
 
-    def _features(self, local: torch.Tensor, update: SparseUpdate) -> np.ndarray:
-        """``v_j[C] - w[C]``, the peer's public state ``v_j`` against ours (see the
-        module docstring); with ``auror_memory``, without its staleness and
-        accumulated over the peer's updates."""
-        deviation = self._deviation(local, update)
+    def _own_coordinates(self, local: torch.Tensor) -> np.ndarray:
+        """``w[C]``: our model at the judged coordinates."""
+        assert self._coords_t is not None
+        return local.detach()[self._coords_t].numpy().astype(np.float64)
+
+    def _features(self, own: np.ndarray, update: SparseUpdate) -> np.ndarray:
+        """``v_j[C] - w[C]``, the peer's public state ``v_j`` against ours (``own``,
+        see the module docstring); with ``auror_memory``, without its staleness
+        and accumulated over the peer's updates."""
+        deviation = self._deviation(own, update)
         memory = self.config.auror_memory
         if memory > 0.0:
             deviation = self._without_staleness(deviation)
@@ -658,11 +663,9 @@ class Defense:
             self._drift[update.origin] = deviation
         return deviation
 
-    def _track_movement(self, local: torch.Tensor) -> None:
+    def _track_movement(self, own: np.ndarray) -> None:
         """Our own movement since the previous screen: the direction in which a
         peer's model lags when its update is older than ours (``auror_memory``)."""
-        assert self._coords_t is not None
-        own = local.detach()[self._coords_t].numpy().astype(np.float64)
         if self._last_own is not None:
             step = own - self._last_own
             if self._movement is None:
@@ -694,9 +697,8 @@ class Defense:
                 out[part] -= (float(out[part] @ m) / norm2) * m
         return out
 
-    def _deviation(self, local: torch.Tensor, update: SparseUpdate) -> np.ndarray:
-        assert self._coords is not None and self._coords_t is not None
-        own = local.detach()[self._coords_t].numpy().astype(np.float64)
+    def _deviation(self, own: np.ndarray, update: SparseUpdate) -> np.ndarray:
+        assert self._coords is not None
         if update.indices is None:
             values = np.asarray(update.values, dtype=np.float64)[self._coords]
             self._public[update.origin] = values
@@ -716,10 +718,11 @@ class Defense:
     def _auror(
         self, local: torch.Tensor, batch: list[SparseUpdate], out: Screened
     ) -> list[SparseUpdate]:
+        own = self._own_coordinates(local)  # once per batch: every peer is judged against it
         if self.config.auror_memory > 0.0:
-            self._track_movement(local)
+            self._track_movement(own)
         for u in batch:
-            features = self._features(local, u)
+            features = self._features(own, u)
             for det, part in zip(self.detectors, self._slices, strict=True):
                 det.observe(u.origin, features[part])
         flagged: dict[bytes, float] = {}  # peer -> its highest flagged fraction
