@@ -64,6 +64,7 @@ __all__ = [
     "AccusationRejected",
     "AccusationSigner",
     "Evidence",
+    "check_claim",
     "open_accusation",
     "sign_accusation",
 ]
@@ -193,13 +194,21 @@ def _check(acc: Accusation, limits: AccusationLimits) -> None:
         raise AccusationRejected("bad_value", "seq out of range")
     if not math.isfinite(acc.issued_at) or acc.issued_at < 0:
         raise AccusationRejected("bad_value", "issued_at")
-    if not 0.0 <= acc.suspicion <= 1.0:  # also refuses NaN
+    check_claim(acc.suspicion, acc.reason, acc.evidence, limits)
+
+
+def check_claim(
+    suspicion: float, reason: str, evidence: Sequence[Evidence], limits: AccusationLimits
+) -> None:
+    """Raise :class:`AccusationRejected` unless what an accusation claims (its
+    suspicion, reason and evidence) is in range; also checks saved verdicts."""
+    if not 0.0 <= suspicion <= 1.0:  # also refuses NaN
         raise AccusationRejected("bad_value", "suspicion must be in [0, 1]")
-    if len(acc.reason.encode()) > limits.max_reason_bytes:
+    if len(reason.encode()) > limits.max_reason_bytes:
         raise AccusationRejected("oversized", "reason too long")
-    if len(acc.evidence) > limits.max_evidence:
+    if len(evidence) > limits.max_evidence:
         raise AccusationRejected("oversized", "too much evidence")
-    for item in acc.evidence:
+    for item in evidence:
         if len(item.digest) != DIGEST_SIZE:
             raise AccusationRejected("bad_evidence", "digests are 32 bytes")
         if not 0 <= item.round <= MAX_SEQ:

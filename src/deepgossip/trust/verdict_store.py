@@ -24,13 +24,12 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Final
 
-from deepgossip.trust.accusation import DIGEST_SIZE, MAX_SEQ, AccusationLimits, Evidence
+from deepgossip.trust.accusation import AccusationLimits, Evidence, check_claim
 from deepgossip.trust.blacklist import LocalVerdict
 from deepgossip.wire.identity import NODE_ID_SIZE
 
@@ -99,17 +98,12 @@ def _verdict(entry: Any) -> LocalVerdict:
     if len(peer) != NODE_ID_SIZE:
         raise ValueError("peer ids are 16 bytes")
     reason = entry["reason"]
-    if not isinstance(reason, str) or len(reason.encode()) > _LIMITS.max_reason_bytes:
+    if not isinstance(reason, str):
         raise ValueError("bad reason")
-    suspicion = float(entry["suspicion"])
-    if not 0.0 <= suspicion <= 1.0:  # also refuses NaN
-        raise ValueError("suspicion must be in [0, 1]")
-    evidence = []
-    for digest_hex, round_, score in entry["evidence"][: _LIMITS.max_evidence]:
-        digest = bytes.fromhex(digest_hex)
-        if len(digest) != DIGEST_SIZE or not 0 <= int(round_) <= MAX_SEQ:
-            raise ValueError("bad evidence")
-        if not math.isfinite(float(score)):
-            raise ValueError("evidence scores must be finite")
-        evidence.append(Evidence(digest, int(round_), float(score)))
-    return LocalVerdict(peer, reason, suspicion, tuple(evidence))
+    evidence = tuple(
+        Evidence(bytes.fromhex(digest_hex), int(round_), float(score))
+        for digest_hex, round_, score in entry["evidence"][: _LIMITS.max_evidence]
+    )
+    verdict = LocalVerdict(peer, reason, float(entry["suspicion"]), evidence)
+    check_claim(verdict.suspicion, verdict.reason, verdict.evidence, _LIMITS)
+    return verdict
