@@ -205,3 +205,25 @@ def test_targeted_success_is_also_reported_above_the_clean_network() -> None:
     assert 0.0 <= excess <= result["attack_success_max"]
     # Node by node against the clean run (all nodes honest there, by index).
     assert _success_excess([0.2, 0.4, 0.0], [0.2, 0.0, 0.6, 0.2], honest=[0, 1, 3]) == 0.4
+
+
+def test_the_honest_only_reference_runs_without_the_attackers() -> None:
+    settings = PoisoningSettings(
+        nodes=6,
+        rounds=4,
+        eval_every=2,
+        malicious=1 / 3,
+        attack=AttackConfig(name="sign_flip", boost=10.0),
+        defense=DefenseConfig(),
+        references=("honest_only",),
+        **SMALL,  # type: ignore[arg-type]
+    )
+    result = run_poisoning_sim(settings)
+    absent = result["malicious_nodes"]
+    assert len(absent) == 2
+    reference = result["reference"]
+    assert set(reference) == {"honest_only_accuracy_mean", "honest_only_accuracy_min"}
+    # Undefended, two sign flippers wreck the model; without them it learns.
+    assert reference["honest_only_accuracy_mean"] > 0.8 > result["honest_accuracy_mean"]
+    for point in result["curves"]["honest_only"]:
+        assert [i for i, acc in enumerate(point["per_node"]) if acc is None] == absent

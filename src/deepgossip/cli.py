@@ -274,8 +274,9 @@ _defense_option = click.option(
     "--references",
     default="no_attack,no_defense",
     show_default=True,
-    help="Comma-separated references to run beside the attack ('none': only the attack, "
-    "for quick screens).",
+    help="Comma-separated references to run beside the attack, of no_attack, no_defense and "
+    "honest_only (the attackers absent: what a perfect defence gives); 'none': only the "
+    "attack, for quick screens.",
 )
 @click.option(
     "--rule",

@@ -149,7 +149,13 @@ def run_poisoning_cli(
         f"honest accuracy {result['honest_accuracy_mean']:.4f} (min "
         f"{result['honest_accuracy_min']:.4f}); no attack "
         f"{ref.get('no_attack_accuracy_mean', math.nan):.4f}, no defence "
-        f"{ref.get('no_defense_accuracy_mean', math.nan):.4f}; precision {det['precision']}, "
+        f"{ref.get('no_defense_accuracy_mean', math.nan):.4f}"
+        + (
+            f", attackers absent {ref['honest_only_accuracy_mean']:.4f}"
+            if "honest_only_accuracy_mean" in ref
+            else ""
+        )
+        + f"; precision {det['precision']}, "
         f"recall {det['recall']}; gossip rounds to blacklist all "
         f"{_rounds(result['rounds_to_blacklist_all'])} (worst attacker "
         f"{_rounds(result['rounds_to_blacklist_each_max'])}, known everywhere in "
