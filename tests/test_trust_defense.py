@@ -562,10 +562,11 @@ def test_memory_ignores_a_peer_that_only_lags_behind(monkeypatch: pytest.MonkeyP
     assert peer_id(5) in _lagging_rounds(bad, stale=4)
 
 
-def _late_joiner(memory: int, push: float) -> tuple[set[bytes], int]:
+def _late_joiner(memory: int, push: float, common: float = 0.0) -> tuple[set[bytes], int]:
     """Nine peers from the start, peer 2 from screen 40 on, all with the same
-    noise; peer 2 adds ``push`` (in noise sigmas) to every update. Returns the
-    convicted peers and how many of peer 2's 40 updates were dropped."""
+    noise and a ``common`` offset (in noise sigmas: we are off the crowd);
+    peer 2 adds ``push`` to every update. Returns the convicted peers and how
+    many of peer 2's 40 updates were dropped."""
     convicted: list[Conviction] = []
     defense = Defense(
         DefenseConfig(auror=True, auror_memory=memory),
@@ -578,7 +579,9 @@ def _late_joiner(memory: int, push: float) -> tuple[set[bytes], int]:
     for screen in range(80):
         heard = [1, 3, 4, 5, 6, 7, 8, 9, 10] + ([2] if screen >= 40 else [])
         ups = [
-            dense(rng.normal(push if i == 2 else 0.0, 1.0, SIZE) * 1e-3, peer_id(i), rnd=screen)
+            dense(
+                rng.normal(common + (push if i == 2 else 0.0), 1.0, SIZE) * 1e-3, peer_id(i), screen
+            )
             for i in heard
         ]
         out = defense.screen(torch.zeros(SIZE), ups)
@@ -586,11 +589,13 @@ def _late_joiner(memory: int, push: float) -> tuple[set[bytes], int]:
     return {c.peer_id for c in convicted}, dropped
 
 
-def test_memory_judges_a_late_joiner_only_once_it_has_a_full_window() -> None:
-    """A mean over fewer updates than the crowd's is noisier than theirs: judged
-    beside them, an honest late joiner was flagged on each of its 40 updates
-    and convicted. Judged only with a full window, it is left alone ..."""
-    assert _late_joiner(10, push=0.0) == (set(), 0)
+@pytest.mark.parametrize("common", [0.0, 1.0])
+def test_memory_judges_a_late_joiner_only_once_it_has_a_full_window(common: float) -> None:
+    """Judged beside the crowd, an honest late joiner was flagged on each of its
+    40 updates and convicted: with a decayed mean of its deviations (fewer
+    updates, more noise) and, given a common offset, with a decayed sum (fewer
+    updates, a smaller sum). Judged only with a full window, it is left alone ..."""
+    assert _late_joiner(10, push=0.0, common=common) == (set(), 0)
     # ... and a late joiner pushing one sigma every round is still caught.
     assert _late_joiner(0, push=1.0)[0] == set()
     assert _late_joiner(10, push=1.0)[0] == {peer_id(2)}

@@ -14,10 +14,13 @@ Three choices, each forced by a measured failure:
   ``n`` updates is ``1 / sqrt(n)`` of a single update's, so a peer with fewer
   updates than the others (one that joined late, or that GoSGD brings
   rarely) is noisier than the crowd and looks like an outlier for that reason
-  alone. In a synthetic crowd an honest late joiner was flagged on all of its
-  40 updates and convicted, both with a decayed sum (the first version,
-  ``a <- m a + d``) and with a decayed mean. With equal windows every judged
-  mean has the same noise. The single-update panel still judges everyone.
+  alone: in a synthetic crowd a decayed mean flagged an honest late joiner on
+  all of its 40 updates and convicted it. The first version, a decayed sum
+  (``a <- m a + d``), did the same whenever the crowd shared an offset of one
+  noise sigma (when our own model is off the consensus), since fewer updates
+  make a smaller sum. With equal windows every judged mean has the same
+  noise and the same expectation. The single-update panel still judges
+  everyone.
 * **A plain mean, not a decayed one.** A decayed mean of ``n`` updates has
   fewer effective samples than one of ``2n``; with the same window for
   everyone the plain mean makes them equal.
