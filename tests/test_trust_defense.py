@@ -498,16 +498,17 @@ def test_nodes_without_a_blacklist_are_unchanged() -> None:
         node.accuse(b"x" * 16, 1.0, ())
 
 
+def _memory_defense(memory: int) -> tuple[Defense, list[Conviction]]:
+    """A defence with ``auror_memory = memory``, and the list its verdicts go to."""
+    convicted: list[Conviction] = []
+    config = DefenseConfig(auror=True, auror_memory=memory)
+    return Defense(config, size=SIZE, seed=2, on_verdict=convicted.append), convicted
+
+
 def _stealthy_rounds(memory: int, bad: set[int], rounds: int = 15) -> set[bytes]:
     """Peers convicted when ``bad`` push one honest sigma the same way every round."""
     rng = np.random.default_rng(4)
-    convicted: list[Conviction] = []
-    defense = Defense(
-        DefenseConfig(auror=True, auror_memory=memory),
-        size=SIZE,
-        seed=2,
-        on_verdict=convicted.append,
-    )
+    defense, convicted = _memory_defense(memory)
     for rnd in range(1, rounds + 1):
         ups = []
         for i in range(10):
@@ -536,10 +537,7 @@ def _lagging_rounds(bad: set[int], stale: int, rounds: int = 15) -> set[bytes]:
     rng = np.random.default_rng(6)
     g = rng.normal(0, 0.01, SIZE)
     h = rng.normal(0, 0.01, SIZE)
-    convicted: list[Conviction] = []
-    defense = Defense(
-        DefenseConfig(auror=True, auror_memory=10), size=SIZE, seed=2, on_verdict=convicted.append
-    )
+    defense, convicted = _memory_defense(10)
     for rnd in range(1, rounds + 1):
         local = rnd * g
         ups = []
@@ -567,13 +565,7 @@ def _late_joiner(memory: int, push: float, common: float = 0.0) -> tuple[set[byt
     noise and a ``common`` offset (in noise sigmas: we are off the crowd);
     peer 2 adds ``push`` to every update. Returns the convicted peers and how
     many of peer 2's 40 updates were dropped."""
-    convicted: list[Conviction] = []
-    defense = Defense(
-        DefenseConfig(auror=True, auror_memory=memory),
-        size=SIZE,
-        seed=2,
-        on_verdict=convicted.append,
-    )
+    defense, convicted = _memory_defense(memory)
     rng = np.random.default_rng(3)
     dropped = 0
     for screen in range(80):
