@@ -160,18 +160,22 @@ class DefenseConfig:
     stopped three colluding targeted attackers (recall 0.14 without it) and
     convicted no honest node there (docs/benchmarks.md). ``"none"`` (how a
     session or ``--defense-option`` writes None) turns it off."""
-    auror_memory: int = 10
-    """Updates per peer in the memory panel's means (0: no memory panel).
-    Beside the detectors that judge each peer's latest update, a second set
-    judges each peer's mean deviation over its last ``auror_memory`` updates
-    (:mod:`.auror_memory`), where a consistent push stays whole while honest
-    noise shrinks by ``sqrt(auror_memory)``; a peer either panel convicts is
-    convicted. With seed 2, three colluding targeted attackers stayed inside
-    the honest spread in every round, and the single-update panel missed
-    them (docs/benchmarks.md, "Memory"). Only peers with that many updates
-    are judged by it, so it says nothing about a peer for its first
-    ``auror_memory`` updates, and nothing under GoSGD until a peer has
-    reached us that often."""
+    auror_memory: int = 0
+    """Updates per peer in the memory panel's means (0, the default: no memory
+    panel). Beside the detectors that judge each peer's latest update, a
+    second set judges each peer's mean deviation over its last
+    ``auror_memory`` updates (:mod:`.auror_memory`), where a consistent push
+    stays whole while honest noise shrinks by ``sqrt(auror_memory)``; a peer
+    either panel convicts is convicted. With seed 2, three colluding targeted
+    attackers stayed inside the honest spread in every round and the
+    single-update panel missed them; a 10-update memory panel convicted them
+    by round 14. Off by default: in the same attack with seed 0 it convicted
+    honest nodes after the attackers were out (6 blacklisted; 1 in the
+    no-attack run), first a pair of nodes whose rounds run 0.011 of a round
+    apart, each judging the other (docs/benchmarks.md, "The memory panel").
+    Only peers with a full window are judged by it, so it says nothing about
+    a peer for its first ``auror_memory`` updates, and nothing under GoSGD
+    until a peer has reached us that often."""
     robust: RobustConfig = field(default_factory=RobustConfig)
     """The robust rule applied after the filters; ``mean`` (the default) is the
     undefended average, i.e. no robust rule."""
