@@ -175,3 +175,23 @@ def test_a_learning_scenario_can_be_swept_too(tmp_path: Path) -> None:
     report = (tmp_path / "out" / "report.md").read_text()
     assert "| 0.1 |" in report and "centralized" not in report  # no references ran
     assert (tmp_path / "out" / "mixing.push_prob=1.0" / "accuracy.png").exists()
+
+
+def test_a_scenario_can_ask_for_the_attackers_absent_reference(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from deepgossip.cli import main
+
+    path = tmp_path / "absent.toml"
+    path.write_text(
+        TINY.replace("[scenario]\n", "[scenario]\nreferences = ['honest_only']\n")
+        + "[attack]\nkind = 'sign_flip'\n"
+    )
+    out = tmp_path / "out"
+    run = CliRunner().invoke(main, ["experiment", "run", str(path), "--out", str(out)])
+    assert run.exit_code == 0, run.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["reference"]) == {"honest_only_accuracy_mean", "honest_only_accuracy_min"}
+    assert "attackers absent" in (out / "report.md").read_text()
+    runs = {json.loads(line)["run"] for line in (out / "metrics.jsonl").read_text().splitlines()}
+    assert runs == {"main", "honest_only"}

@@ -131,6 +131,7 @@ def plot_poisoning(result: dict[str, Any], path: Path) -> None:
         "main": ("tab:blue", "-", f"honest nodes, mean ({result['defense']})"),
         "no_attack": ("black", "--", "no attack, mean"),
         "no_defense": ("tab:red", ":", "no defence, mean"),
+        "honest_only": ("tab:green", "-.", "attackers absent, mean"),
     }
     for run, (color, ls, label) in styles.items():
         curve = curves.get(run, [])
@@ -146,7 +147,7 @@ def plot_poisoning(result: dict[str, Any], path: Path) -> None:
     if not main:  # no per-round data (eval_every > rounds): the final figures
         ax.axhline(result["honest_accuracy_mean"], color="tab:blue", label=styles["main"][2])
         ref = result.get("reference", {})
-        for run in ("no_attack", "no_defense"):
+        for run in ("no_attack", "no_defense", "honest_only"):
             if run in curves and f"{run}_accuracy_mean" in ref:
                 color, ls, label = styles[run]
                 ax.axhline(ref[f"{run}_accuracy_mean"], color=color, ls=ls, label=label)
@@ -197,6 +198,10 @@ def poisoning_report(name: str, result: dict[str, Any]) -> str:
     if "no_defense_accuracy_mean" in ref:
         lines.append(
             f"| reference: no defence (same attack) | {pct(ref['no_defense_accuracy_mean'])} |"
+        )
+    if "honest_only_accuracy_mean" in ref:
+        lines.append(
+            f"| reference: attackers absent, no defence | {pct(ref['honest_only_accuracy_mean'])} |"
         )
     if result["attack_success"] is not None:
         lines.append(

@@ -3,7 +3,7 @@
 AUROR (:mod:`.auror`) judges one update per peer at a time. Colluders whose
 push is smaller than the honest spread in every single round pass that test
 every round: with seed 2, three colluding targeted attackers on Fashion-MNIST
-did (docs/benchmarks.md, "Memory"). Averaged over its last ``window`` updates
+did (docs/benchmarks.md, "The memory panel"). Averaged over its last ``window`` updates
 a consistent push stays whole while honest noise shrinks by ``sqrt(window)``,
 so a second set of detectors (the *memory panel*, kept by
 :class:`~.defense.Defense` beside the single-update one) clusters these means.
@@ -50,7 +50,7 @@ MOVEMENT_SMOOTHING: Final = 0.5
 """Weight of the older movement in our own smoothed path (an exponential average
 of our steps between screens). In a prototype that used the last step alone
 (0), a node still convicted an honest peer on a Dirichlet split; with 0.5 it
-did not (docs/benchmarks.md, "Memory")."""
+did not (docs/benchmarks.md, "The memory panel")."""
 
 
 class DeviationMemory:
