@@ -590,6 +590,42 @@ def test_poll_without_votes_falls_back_on_the_callers_default() -> None:
     assert out == [PollDecided(poll_id, ACCUSED.node_id, True, 0, 0, 0, 0)]
 
 
+def _open_confirmation() -> tuple[Harness, int, PollRequest, list[Identity]]:
+    live = [*NEIGHBOURS, (ACCUSED.node_id, ("10.0.0.11", 7000))]
+    h = harness(live=live, n=6)
+    assert h.core.quorum() == 2
+    poll_id, sends = h.core.confirm(ACCUSED.node_id, T0)
+    assert len(sends) == 2 * 2 - 1  # 2q - 1 neighbours, never the accused
+    by_address = {addr: IDS[i] for i, (_, addr) in enumerate(NEIGHBOURS, start=1)}
+    return h, poll_id, sends[0].message, [by_address[s.to] for s in sends]
+
+
+def _vote(h: Harness, request: PollRequest, voter: Identity, s: float | None) -> list[Any]:
+    return h.core.handle(("x", 1), answer(voter, request, blacklisted=False, s=s), T0)
+
+
+def test_a_confirmation_needs_a_quorum_of_votes_not_a_majority() -> None:
+    h, poll_id, request, voters = _open_confirmation()
+    assert _vote(h, request, voters[0], 0.9) == []  # one vote to convict: not yet q
+    assert _vote(h, request, voters[1], 0.1) == []  # the last vote can still make it
+    decided = _vote(h, request, voters[2], 0.7)
+    assert decided == [PollDecided(poll_id, ACCUSED.node_id, True, 2, 1, 0, 0)]
+    # One vote to convict and two abstentions: a majority of the votes, not a quorum.
+    h, poll_id, request, voters = _open_confirmation()
+    _vote(h, request, voters[0], 0.9)
+    _vote(h, request, voters[1], None)
+    decided = _vote(h, request, voters[2], None)
+    assert decided == [PollDecided(poll_id, ACCUSED.node_id, False, 1, 0, 2, 0)]
+
+
+def test_a_confirmation_ends_as_soon_as_the_quorum_is_out_of_reach() -> None:
+    h, poll_id, request, voters = _open_confirmation()
+    assert _vote(h, request, voters[0], 0.2) == []
+    [decided] = _vote(h, request, voters[1], 0.0)
+    assert decided == PollDecided(poll_id, ACCUSED.node_id, False, 0, 2, 0, 1)
+    assert h.core.open_polls == 0
+
+
 def test_borderline_band() -> None:
     core = harness().core
     assert [core.is_borderline(s) for s in (0.35, 0.4, 0.5, 0.6, 0.65)] == [

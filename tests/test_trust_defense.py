@@ -591,3 +591,74 @@ def test_memory_judges_a_late_joiner_only_once_it_has_a_full_window(common: floa
     # ... and a late joiner pushing one sigma every round is still caught.
     assert _late_joiner(0, push=1.0)[0] == set()
     assert _late_joiner(10, push=1.0)[0] == {peer_id(2)}
+
+
+class _ConfirmingPoller:
+    """Records confirmations; the test decides them."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[int, bytes]] = []
+
+    def is_borderline(self, suspicion: float) -> bool:
+        return False
+
+    def poll(self, peer_id: bytes) -> int | None:
+        raise AssertionError("no update poll without config.polling")
+
+    def confirm(self, peer_id: bytes) -> int | None:
+        self.asked.append((len(self.asked) + 1, peer_id))
+        return len(self.asked)
+
+
+def test_the_memory_panels_verdicts_wait_for_the_neighbours_confirmation() -> None:
+    """A memory verdict is what one node sees; a pair of honest nodes whose rounds
+    run just apart saw each other that way. The neighbours confirm it or not."""
+    poller = _ConfirmingPoller()
+    convicted: list[Conviction] = []
+    defense = Defense(
+        DefenseConfig(auror=True, auror_memory=10),
+        size=SIZE,
+        seed=2,
+        on_verdict=convicted.append,
+        poller=poller,
+    )
+    rng = np.random.default_rng(4)
+    bad = {peer_id(i + 1) for i in (1, 5, 8)}
+
+    def screen(rnd: int) -> None:
+        ups = [
+            dense(
+                rng.normal(0, 0.01, SIZE) + (0.01 if peer_id(i + 1) in bad else 0.0),
+                peer_id(i + 1),
+                rnd=rnd,
+            )
+            for i in range(10)
+        ]
+        defense.screen(torch.zeros(SIZE), ups)
+
+    rnd = 0
+    while not poller.asked and rnd < 30:
+        rnd += 1
+        screen(rnd)
+    assert {peer for _, peer in poller.asked} <= bad and poller.asked
+    assert convicted == []  # nobody convicted on the memory panel's word alone
+    # Not confirmed: no conviction; the decision is read at the next screen and the
+    # same peer is asked again CONFIRM_RETRY_SCREENS (3) screens after that.
+    first_id, first_peer = poller.asked[0]
+    defense.poll_decided(first_id, False)
+    asked_before = len(poller.asked)
+    for _ in range(3):
+        rnd += 1
+        screen(rnd)
+    assert first_peer not in {p for _, p in poller.asked[asked_before:]}
+    rnd += 1
+    screen(rnd)
+    assert first_peer not in {c.peer_id for c in convicted}
+    again = [(i, p) for i, p in poller.asked[asked_before:] if p == first_peer]
+    assert len(again) == 1
+    # Confirmed: convicted at the next screen, like any verdict of ours.
+    defense.poll_decided(again[0][0], True)
+    rnd += 1
+    screen(rnd)
+    assert first_peer in {c.peer_id for c in convicted}
+    assert defense.is_blacklisted(first_peer) and defense.stats["confirmations"] >= 2

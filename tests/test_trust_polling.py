@@ -215,3 +215,35 @@ def test_a_poll_that_fails_on_the_loop_is_decided_discard(
 
     run(scenario())
     assert "poll about" in caplog.text
+
+
+class _BrokenConfirmations:
+    def confirm(self, peer_id: bytes, now: float) -> tuple[int, list[Effect]]:
+        raise RuntimeError("broken")
+
+
+def test_a_confirmation_runs_on_the_loop_and_a_failure_convicts_nobody(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The core's confirmation (2q - 1 neighbours) is started on the loop; if it
+    fails there the decision is keep: no conviction on a broken poll."""
+    neighbours = [Identity.from_private_bytes(bytes([i]) * 32) for i in range(1, 6)]
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        h = Harness(loop, neighbours)
+        with ThreadPoolExecutor(1) as worker:
+            await loop.run_in_executor(worker, h.poller.confirm, peer_id(1))
+        await asyncio.wait_for(h.sent.wait(), WAIT)
+        await asyncio.sleep(0)
+        assert len(h.requests) == 2 * h.core.quorum() - 1
+        assert {r.accused for _, r in h.requests} == {peer_id(1)}
+        decided: asyncio.Future[tuple[int, bool]] = loop.create_future()
+        poller = LoopPoller(loop, _BrokenConfirmations(), lambda effects: None, lambda: 0.0)  # type: ignore[arg-type]
+        poller.on_decided = lambda poll_id, discard: decided.set_result((poll_id, discard))
+        with ThreadPoolExecutor(1) as worker:
+            poll_id = await loop.run_in_executor(worker, poller.confirm, peer_id(1))
+        assert await decided == (poll_id, False)
+
+    run(scenario())
+    assert "poll about" in caplog.text

@@ -357,6 +357,13 @@ class _Poller:
         self.node.host.execute(effects)
         return poll_id
 
+    def confirm(self, peer_id: bytes) -> int | None:
+        blacklist = self.node.blacklist
+        assert blacklist is not None
+        poll_id, effects = blacklist.confirm(peer_id, self.node.host.runtime.now())
+        self.node.host.execute(effects)
+        return poll_id
+
 
 @dataclass
 class _Record:

@@ -768,6 +768,20 @@ class BlacklistCore:
         """
         return self._polls.start(bytes(peer_id), now, default_discard)
 
+    def confirm(self, peer_id: bytes, now: float) -> tuple[int, list[Effect]]:
+        """Ask ``2q - 1`` random live neighbours (``q``: the quorum) whether to
+        convict ``peer_id``; the :class:`PollDecided` that follows discards
+        (convict) only on ``q`` votes to discard.
+
+        For verdicts our own evidence cannot carry alone (the defence's memory
+        panel): as with the quorum, colluders, fewer than ``q``, can never
+        confirm one by themselves, and a conviction nobody else's detector
+        shares (an honest peer that only looks off from where we stand) is
+        not confirmed.
+        """
+        q = self.quorum()
+        return self._polls.start(bytes(peer_id), now, False, size=2 * q - 1, min_discard=q)
+
     # -- the sans-I/O contract --------------------------------------------------------
 
     def handle(self, src: Address, msg: Any, now: float) -> list[Effect]:

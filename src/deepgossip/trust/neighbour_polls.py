@@ -13,7 +13,11 @@ suspicion reaches ``suspicion_threshold``, *keep* below, and abstains without
 an opinion. The poll ends when every neighbour has answered or at
 ``poll_timeout``, with a :class:`PollDecided` event: the majority of votes
 decides, a tie keeps the update, and no vote at all falls back on the caller's
-``default_discard``. Replies are authenticated by the frame codec (the
+``default_discard``. A *confirmation* (``min_discard``) asks more neighbours and
+discards only on that many votes to discard, whatever the others say: the
+defence confirms a conviction that only its memory panel reached this way
+(:meth:`~deepgossip.trust.blacklist.BlacklistCore.confirm`). Replies are
+authenticated by the frame codec (the
 messages declare ``key_field``: the key in the message must hash to the
 frame's sender), and only the neighbours asked, once each, are counted.
 """
@@ -67,7 +71,8 @@ class PollDecided:
 
     ``discard``: the majority of votes says discard the update; a tie keeps it;
     no vote at all (no neighbour, no reply, only abstentions) gives the caller's
-    default. ``votes_for`` are votes to discard.
+    default. For a confirmation: at least ``min_discard`` votes to discard.
+    ``votes_for`` are votes to discard.
     """
 
     poll_id: int
@@ -85,6 +90,7 @@ class _Poll:
     deadline: float
     asked: dict[bytes, Address]
     default_discard: bool
+    min_discard: int | None = None
     answered: set[bytes] = field(default_factory=set)
     votes_for: int = 0
     votes_against: int = 0
@@ -133,15 +139,25 @@ class NeighbourPolls:
     def __len__(self) -> int:
         return len(self._polls)
 
-    def start(self, peer_id: bytes, now: float, default_discard: bool) -> tuple[int, list[Effect]]:
-        """Ask ``poll_size`` random live neighbours about ``peer_id``; the poll id
-        and effects (a :class:`PollDecided` at once when nobody can be asked or
-        too many polls are open)."""
+    def start(
+        self,
+        peer_id: bytes,
+        now: float,
+        default_discard: bool,
+        *,
+        size: int | None = None,
+        min_discard: int | None = None,
+    ) -> tuple[int, list[Effect]]:
+        """Ask ``size`` (default ``poll_size``) random live neighbours about
+        ``peer_id``; the poll id and effects (a :class:`PollDecided` at once
+        when nobody can be asked or too many polls are open). With
+        ``min_discard`` the poll discards on that many votes to discard and
+        keeps otherwise (``default_discard`` is then unused)."""
         poll_id = self._rng.getrandbits(62)
         while poll_id in self._polls:
             poll_id = self._rng.getrandbits(62)
         self._events["polls"] += 1
-        poll = _Poll(peer_id, now + self.config.poll_timeout, {}, default_discard)
+        poll = _Poll(peer_id, now + self.config.poll_timeout, {}, default_discard, min_discard)
         if len(self._polls) >= self.config.max_open_polls:
             self._events["poll_overflow"] += 1
             return poll_id, [self._decide(poll_id, poll)]
@@ -149,7 +165,8 @@ class NeighbourPolls:
         for node_id, address in self._live_peers():
             if node_id not in (peer_id, self.node_id) and not self._is_blacklisted(node_id):
                 candidates[bytes(node_id)] = address
-        chosen = self._rng.sample(sorted(candidates), min(self.config.poll_size, len(candidates)))
+        wanted = self.config.poll_size if size is None else size
+        chosen = self._rng.sample(sorted(candidates), min(wanted, len(candidates)))
         if not chosen:
             return poll_id, [self._decide(poll_id, poll)]
         poll.asked = {node_id: candidates[node_id] for node_id in chosen}
@@ -160,7 +177,9 @@ class NeighbourPolls:
 
     def _decide(self, poll_id: int, poll: _Poll) -> PollDecided:
         self._polls.pop(poll_id, None)
-        if poll.votes_for == poll.votes_against == 0:
+        if poll.min_discard is not None:
+            discard = poll.votes_for >= poll.min_discard
+        elif poll.votes_for == poll.votes_against == 0:
             discard = poll.default_discard  # nobody had an opinion: the caller's call
         else:
             discard = poll.votes_for > poll.votes_against  # a tie keeps the update
@@ -224,9 +243,17 @@ class NeighbourPolls:
             poll.votes_for += 1
         else:
             poll.votes_against += 1
-        if len(poll.answered) == len(poll.asked):
+        if len(poll.answered) == len(poll.asked) or self._settled(poll):
             return [self._decide(msg.poll_id, poll)]
         return []
+
+    @staticmethod
+    def _settled(poll: _Poll) -> bool:
+        """A confirmation whose outcome the missing votes can no longer change."""
+        if poll.min_discard is None:
+            return False
+        missing = len(poll.asked) - len(poll.answered)
+        return poll.votes_for >= poll.min_discard or poll.votes_for + missing < poll.min_discard
 
     def expire(self, now: float) -> list[Effect]:
         """Polls past their deadline end with the votes that arrived."""

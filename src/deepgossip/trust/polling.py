@@ -86,22 +86,32 @@ class LoopPoller:
         Never blocks. None when the loop is closed (the node is shutting down):
         the defence then drops the update as it would without polling.
         """
+        return self._schedule(bytes(peer_id), confirm=False)
+
+    def confirm(self, peer_id: bytes) -> int | None:
+        """Schedule a confirmation of a conviction (:meth:`BlacklistCore.confirm`)
+        on the loop; its local id (any thread), None when the loop is closed."""
+        return self._schedule(bytes(peer_id), confirm=True)
+
+    def _schedule(self, peer_id: bytes, *, confirm: bool) -> int | None:
         poll_id = next(self._ids)
         try:
-            self._loop.call_soon_threadsafe(self._start, poll_id, bytes(peer_id))
+            self._loop.call_soon_threadsafe(self._start, poll_id, peer_id, confirm)
         except RuntimeError:  # the loop is closed
             return None
         return poll_id
 
-    def _start(self, poll_id: int, peer_id: bytes) -> None:
-        """Run the core's poll (loop). A failure decides at once (discard: what the
-        defence does to a flagged update without a poll) rather than leaving the
-        update held for ever."""
+    def _start(self, poll_id: int, peer_id: bytes, confirm: bool) -> None:
+        """Run the core's poll (loop). A failure decides at once rather than
+        leaving the update held for ever: discard for an update poll (what the
+        defence does to a flagged update without a poll), keep (no conviction)
+        for a confirmation."""
         try:
-            core_id, effects = self._core.poll(peer_id, self._now())
+            start = self._core.confirm if confirm else self._core.poll
+            core_id, effects = start(peer_id, self._now())
         except Exception:
-            log.exception("poll about %s failed; its update is dropped", peer_id.hex())
-            self._decide(poll_id, discard=True)
+            log.exception("poll about %s failed", peer_id.hex())
+            self._decide(poll_id, discard=not confirm)
             return
         # Map before executing: a poll nobody can answer is decided in ``effects``.
         self._started[core_id] = poll_id
