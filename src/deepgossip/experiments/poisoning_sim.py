@@ -351,16 +351,18 @@ class _Poller:
         return self.node.blacklist.is_borderline(suspicion)
 
     def poll(self, peer_id: bytes) -> int | None:
-        blacklist = self.node.blacklist
-        assert blacklist is not None
-        poll_id, effects = blacklist.poll(peer_id, self.node.host.runtime.now())
-        self.node.host.execute(effects)
-        return poll_id
+        return self._start("poll", peer_id)
 
     def confirm(self, peer_id: bytes) -> int | None:
+        return self._start("confirm", peer_id)
+
+    def _start(self, kind: str, peer_id: bytes) -> int:
+        """Run the blacklist's ``poll`` or ``confirm`` on the event loop (the
+        simulator merges there) and carry out its effects."""
         blacklist = self.node.blacklist
         assert blacklist is not None
-        poll_id, effects = blacklist.confirm(peer_id, self.node.host.runtime.now())
+        start = blacklist.confirm if kind == "confirm" else blacklist.poll
+        poll_id, effects = start(peer_id, self.node.host.runtime.now())
         self.node.host.execute(effects)
         return poll_id
 
