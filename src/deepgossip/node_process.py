@@ -236,8 +236,9 @@ def _defense(node: Node, service: LearnerService, trust: TrustSettings) -> Defen
             node.accuse(conviction.peer_id, conviction.suspicion, conviction.evidence)
 
     poller: LoopPoller | None = None
-    # The poller also confirms the memory panel's convictions (Defense.confirm).
-    if (trust.defense.polling or trust.defense.auror_memory) and node.blacklist is not None:
+    # The poller also confirms the memory panel's convictions (Poller.confirm).
+    memory = trust.defense.auror and trust.defense.auror_memory > 0
+    if (trust.defense.polling or memory) and node.blacklist is not None:
         from deepgossip.trust.polling import LoopPoller
 
         poller = LoopPoller(loop, node.blacklist, node.host.execute, node.host.runtime.now)

@@ -780,16 +780,19 @@ class Defense:
         dropped: set[bytes] = set()  # flagged by the single-update panel: this update is off
         candidates: set[bytes] = set()
         judged = False
-        for det in self._all_detectors:
-            verdict = det.evaluate()
-            counter = "evaluations" if det in self.detectors else "memory_evaluations"
-            self.stats[counter] += int(verdict.evaluated)
-            judged |= bool(verdict.judged)
-            for peer in verdict.flagged:
-                flagged[peer] = max(flagged.get(peer, 0.0), verdict.fractions[peer])
-            if det in self.detectors:
-                dropped |= verdict.flagged
-            candidates |= verdict.blacklisted | verdict.judged
+        for panel, counter in (
+            (self.detectors, "evaluations"),
+            (self.memory_detectors, "memory_evaluations"),
+        ):
+            for det in panel:
+                verdict = det.evaluate()
+                self.stats[counter] += int(verdict.evaluated)
+                judged |= bool(verdict.judged)
+                for peer in verdict.flagged:
+                    flagged[peer] = max(flagged.get(peer, 0.0), verdict.fractions[peer])
+                if panel is self.detectors:
+                    dropped |= verdict.flagged
+                candidates |= verdict.blacklisted | verdict.judged
         newly = self._judge(candidates)
         self._convicted |= newly
         # Convicted: the detectors that did not blacklist it themselves forget
